@@ -1,0 +1,162 @@
+"""The tool side of the wire protocol: an external tool in Python is a class plus one call.
+
+    from toolbus.adapter import run
+
+    class Calc:
+        def compute(self, expr: str) -> int:        # eval(compute(<str>), <int>)
+            return eval_arithmetic(expr)
+
+    if __name__ == "__main__":
+        run(Calc)
+
+``run`` reads the ``-TB_*`` arguments the bus starts the tool with, connects, answers the handshake
+and serves calls until ``rec-terminate`` or the end of the connection. A call ``get-text(...)`` goes
+to method ``get_text``; arguments arrive as Python values by their signature type (``<int>`` -> int,
+``<str>`` -> str, ``<list(T)>`` -> list, ``<term>``/``<list>``/user types -> the ATerm); results are
+converted naturally (int, float, bool, str, list, or an ATerm). A method that raises ends the tool:
+its traceback goes to stderr, and the bus reports the crash with it.
+
+A class whose constructor takes one argument gets a ``ToolConnection``: ``bus.emit(event)`` sends an
+event (at most one unacknowledged per event symbol: later ones are held back until the ack), and the
+ack arrives as a call of ``rec_ack_event(event, result)`` when the class has that method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import sys
+import threading
+import traceback
+from collections import deque
+from typing import Any
+
+from toolbus import wire
+from toolbus.aterm import ATerm, ATermAppl, parse, term
+from toolbus.signatures import to_python
+
+
+def parse_arguments(argv: list[str]) -> dict[str, str]:
+    """The ``-TB_HOST``, ``-TB_PORT``, ``-TB_TOOL_NAME`` and ``-TB_TOOL_ID`` values (others are ignored)."""
+    wanted = {"-TB_HOST": "host", "-TB_PORT": "port", "-TB_TOOL_NAME": "name", "-TB_TOOL_ID": "id"}
+    found = {}
+    for flag, value in zip(argv, argv[1:]):
+        if flag in wanted:
+            found[wanted[flag]] = value
+    missing = [flag for flag, key in wanted.items() if key not in found]
+    if missing:
+        raise SystemExit(f"this is a ToolBus tool: start it from the bus (missing {', '.join(missing)})")
+    return found
+
+
+class ToolConnection:
+    """The tool's connection to the bus; handed to tools as ``bus``."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._side = wire.ToolSide()
+        self._lock = threading.Lock()
+        self._unacked: set[tuple] = set()
+        self._held: dict[tuple, deque[ATerm]] = {}
+
+    def send(self, message: wire.Message) -> None:
+        data = self._side.send(message)
+        with self._lock:
+            self._sock.sendall(data)
+
+    def emit(self, event: ATerm | str | Any) -> None:
+        """Send an event; held back while an earlier event of the same symbol is unacknowledged."""
+        event = parse(event) if isinstance(event, str) else term(event)
+        symbol = _symbol(event)
+        with self._lock:
+            if symbol in self._unacked:
+                self._held.setdefault(symbol, deque()).append(event)
+                return
+            self._unacked.add(symbol)
+            self._sock.sendall(self._side.send(wire.Event(event)))
+
+    def _acked(self, event: ATerm) -> None:
+        symbol = _symbol(event)
+        with self._lock:
+            held = self._held.get(symbol)
+            if held:
+                self._sock.sendall(self._side.send(wire.Event(held.popleft())))
+            else:
+                self._unacked.discard(symbol)
+
+    def receive(self) -> wire.Message | None:
+        """The next message from the bus; None when the connection has closed."""
+        while True:
+            message = self._side.next_message()
+            if message is not None:
+                return message
+            data = self._sock.recv(262144)
+            if not data:
+                return None
+            self._side.receive_data(data)
+
+
+def _symbol(t: ATerm) -> tuple:
+    return (t.name, len(t.args), t.quoted) if isinstance(t, ATermAppl) else (str(t), 0, False)
+
+
+def run(tool: type | Any, argv: list[str] | None = None) -> None:
+    """Serve ``tool`` (a class, or an object) on the bus that started this process."""
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    sock = socket.create_connection((args["host"], int(args["port"])))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    bus = ToolConnection(sock)
+    if isinstance(tool, type):
+        takes_bus = len(inspect.signature(tool).parameters) == 1
+        tool = tool(bus) if takes_bus else tool()
+    try:
+        _serve(tool, bus, args["name"], int(args["id"]))
+    finally:
+        sock.close()
+
+
+def _serve(tool: Any, bus: ToolConnection, name: str, tool_id: int) -> None:
+    bus.send(wire.Connect(name, tool_id))
+    signature = bus.receive()
+    if not isinstance(signature, wire.Signature):
+        raise SystemExit(f"{name}: expected the signature from the bus, got {signature}")
+    # (name, arity) -> argument types, from the rec-eval(P)/rec-do(P) patterns of the signature
+    types = {}
+    for entry in signature.inputs:
+        pattern = entry.args[0]
+        types[(pattern.name, len(pattern.args))] = pattern.args
+    bus.send(wire.Void())
+    while True:
+        message = bus.receive()
+        if message is None:
+            return
+        if isinstance(message, (wire.Eval, wire.Do)):
+            call = message.call
+            result = _call(tool, call, types.get((call.name, len(call.args)), ()))
+            bus.send(wire.Value(term(result)) if isinstance(message, wire.Eval) else wire.Void())
+        elif isinstance(message, wire.Ack):
+            receive = getattr(tool, "rec_ack_event", None)
+            if callable(receive):
+                receive(message.event, message.result)
+            bus._acked(message.event)
+        elif isinstance(message, wire.Terminate):
+            stop = getattr(tool, "rec_terminate", None)
+            if callable(stop):
+                stop(message.message)
+            return
+
+
+def _call(tool: Any, call: ATerm, types: tuple) -> Any:
+    method = getattr(tool, call.name.replace("-", "_"), None)
+    try:
+        if method is None:
+            raise AttributeError(
+                f"{type(tool).__name__} has no method {call.name.replace('-', '_')}() for {call}"
+            )
+        args = [to_python(a, t) for a, t in zip(call.args, types)] if types else list(call.args)
+        return method(*args)
+    except Exception:
+        # The protocol has no error answer: the tool ends, and the bus reports the crash with this.
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise SystemExit(1) from None
