@@ -6,17 +6,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench lint clean
+.PHONY: test run bench lint clean tools
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The example tool written in C.
+tools: examples/tools/c/strtool
+
+examples/tools/c/strtool: examples/tools/c/strtool.c
+	$(CC) -std=c99 -Wall -Wextra -O2 -o $@ $<
 
 bench: $(STAMP)
 	$(PY) bench/aterm_bench.py
@@ -30,4 +37,4 @@ run: $(STAMP)
 	@exit 1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build examples/tools/c/strtool
