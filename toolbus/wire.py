@@ -150,6 +150,7 @@ class Disconnect:
 
 
 Message = Connect | Signature | Eval | Do | Value | Void | Event | Ack | Terminate | Disconnect
+_BUS_MESSAGES = (Signature, Eval, Do, Ack, Terminate)  # the rest come from the tool
 
 
 def to_term(message: Message) -> ATerm:
@@ -207,7 +208,7 @@ def from_term(t: ATerm) -> Message:
             return Terminate(msg.name if isinstance(msg, ATermAppl) and msg.is_string else str(msg))
         if name == "snd-connect" and len(args) == 2:
             tname, tid = args
-            if isinstance(tname, ATermAppl) and not tname.args and isinstance(tid, ATermInt):
+            if isinstance(tname, ATermAppl) and not tname.quoted and not tname.args and isinstance(tid, ATermInt):
                 return Connect(tname.name, tid.value)
         if name == "snd-disconnect" and not args:
             return Disconnect()
@@ -300,6 +301,8 @@ class BusSide:
 
     def send(self, message: Message) -> bytes:
         """The bytes to write for ``message``; advances the state (ProtocolError if not allowed)."""
+        if not isinstance(message, _BUS_MESSAGES):
+            raise ProtocolError(f"{type(message).__name__} is a message of the tool, not of the bus")
         self._advance(message, sending=True)
         return frame(to_term(message))
 
@@ -328,7 +331,7 @@ class BusSide:
                 return message
             return None
         message = from_term(t)
-        if isinstance(message, (Eval, Do, Ack, Signature, Terminate)):
+        if isinstance(message, _BUS_MESSAGES):
             raise ProtocolError(f"tool {self.tool_name} sent a bus message: {str(t)[:200]}")
         self._advance(message, sending=False)
         return message
@@ -351,6 +354,6 @@ class ToolSide:
         if t is None:
             return None
         message = from_term(t)
-        if not isinstance(message, (Eval, Do, Ack, Signature, Terminate)):
+        if not isinstance(message, _BUS_MESSAGES):
             raise ProtocolError(f"the bus sent a tool message: {str(t)[:200]}")
         return message
