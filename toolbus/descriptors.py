@@ -90,8 +90,12 @@ def load_tools(
         raise DescriptorError(
             f"{path}: no such file (set TOOLCALL_TOOLS to the tools file)", [f"{path}: no such file"]
         ) from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DescriptorError(f"{path}: not valid TOML: {e}", [f"{path}: not valid TOML: {e}"]) from None
+    except OSError as e:
+        raise DescriptorError(
+            f"{path}: cannot read: {e.strerror}", [f"{path}: cannot read: {e.strerror}"]
+        ) from None
 
     problems: list[str] = []
     tools: dict[str, ToolDescriptor] = {}
@@ -206,7 +210,9 @@ def _check_class(ref: str, signatures: Signatures, problem) -> None:
     module_name, _, class_name = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # any import failure is the descriptor's problem to report
+    except BaseException as e:  # any import failure (even sys.exit) is the descriptor's problem to report
+        if isinstance(e, KeyboardInterrupt):
+            raise
         problem(f"cannot import module {module_name!r}: {type(e).__name__}: {e}")
         return
     cls = getattr(module, class_name, None)

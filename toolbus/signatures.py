@@ -210,18 +210,17 @@ class Signatures:
         return None
 
     def _closest(self, candidates: list[Signature], t: ATerm) -> str:
-        if not candidates:
-            return "it declares none of this kind"
+        """The signature a mistaken term most likely meant: same name first (of any kind)."""
         name = t.name if isinstance(t, ATermAppl) else ""
         arity = len(t.args) if isinstance(t, ATermAppl) else -1
-        same = [s for s in candidates if s.name == name and s.arity == arity] or [
-            s for s in candidates if s.name == name
-        ]
-        if same:
-            best = same[0]
-        else:
+        same_name = [s for s in candidates + self.all if s.name == name]
+        if same_name:
+            best = next((s for s in same_name if s.arity == arity), same_name[0])
+        elif candidates:
             names = difflib.get_close_matches(name, [s.name for s in candidates], n=1, cutoff=0.0)
-            best = next(s for s in candidates if s.name == names[0]) if names else candidates[0]
+            best = next(s for s in candidates if s.name == names[0])
+        else:
+            return "the tool declares no signature of this kind"
         return f"closest signature: {best.text}"
 
     def _reject(self, what: str, t: ATerm, candidates: list[Signature]) -> SignatureError:
@@ -238,7 +237,7 @@ class Signatures:
         self._closed("eval", call)
         sig = self._find(self.evals, call)
         if sig is None:
-            raise self._reject("eval", call, self.evals or self.all)
+            raise self._reject("eval", call, self.evals)
         return sig
 
     def check_do(self, call: ATerm) -> Signature:
@@ -246,7 +245,7 @@ class Signatures:
         self._closed("do", call)
         sig = self._find(self.dos, call)
         if sig is None:
-            raise self._reject("do", call, self.dos or self.all)
+            raise self._reject("do", call, self.dos)
         return sig
 
     def check_value(self, sig: Signature, value: ATerm) -> None:
@@ -261,7 +260,7 @@ class Signatures:
         """The event signature an emitted event fits; SignatureError if none."""
         sig = self._find(self.events, event)
         if sig is None:
-            raise self._reject("event", event, self.events or self.all)
+            raise self._reject("event", event, self.events)
         return sig
 
     def check_ack(self, sig: Signature, result: ATerm) -> None:
