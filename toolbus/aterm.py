@@ -31,6 +31,7 @@ __all__ = [
     "ATermVar",
     "Environment",
     "MAX_DEPTH",
+    "MAX_INT_DIGITS",
     "ParseError",
     "is_open",
     "make",
@@ -153,10 +154,23 @@ class ATermInt(ATerm):
     def __new__(cls, value: int, annotations: Any = ()) -> ATermInt:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"ATermInt needs an int, not {type(value).__name__}")
-        return _int(int(value), _annos(annotations))
+        return _checked_int(value).with_annotations(annotations) if annotations else _checked_int(value)
 
     def with_annotations(self, annotations: Any) -> ATerm:
         return _int(self._value, _annos(annotations))
+
+
+#: Python converts ints of at most this many digits to and from text (sys.get_int_max_str_digits):
+#: beyond it the conversion is quadratic, so ATerm ints stop there too.
+MAX_INT_DIGITS = 4300
+_INT_LIMIT = 10**MAX_INT_DIGITS
+_MAX_INT_BITS = _INT_LIMIT.bit_length() - 1  # narrower ints are certainly below the limit
+
+
+def _checked_int(value: int) -> ATermInt:
+    if value.bit_length() > _MAX_INT_BITS and abs(value) >= _INT_LIMIT:
+        raise ValueError(f"ATerm ints have at most {MAX_INT_DIGITS} digits")
+    return _int(int(value))
 
 
 def _int(value: int, annos: tuple = ()) -> ATermInt:
@@ -223,7 +237,7 @@ class ATermAppl(ATerm):
         if not isinstance(name, str):
             raise TypeError(f"an application's name is a str, not {type(name).__name__}")
         args = tuple(term(a) for a in args)
-        if not quoted and not (name == "" and args):
+        if not quoted and name != "":  # the empty name is the tuple: (), (a,b)
             _check_ident(name)
         return _appl(name, args, bool(quoted), _annos(annotations))
 
@@ -352,7 +366,7 @@ def term(value: Any) -> ATerm:
     if isinstance(value, ATerm):
         return value
     if isinstance(value, int):
-        return _int(int(value))
+        return _checked_int(value)
     if isinstance(value, float):
         return ATermReal(value)
     if isinstance(value, str):
@@ -594,7 +608,7 @@ def _number(tok: str, index: int) -> ATerm:
         try:
             return _int(int(m.group(1)))
         except ValueError:  # longer than Python's int/str conversion limit
-            raise _Failure(index, "an integer of at most 4300 digits") from None
+            raise _Failure(index, f"an integer of at most {MAX_INT_DIGITS} digits") from None
     value = float(tok)
     if not math.isfinite(value):
         raise _Failure(index, "a real within the range of a double")
@@ -729,10 +743,10 @@ def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
                     items = stack[-1][2]
                     closer = ")"
                     continue
-        elif c.isdigit() or c == "-":
+        elif "0" <= c <= "9" or c == "-":
             value = leaves.get(tok)
             if value is None:
-                if tok.isdigit() and len(tok) < 4000:
+                if tok.isdigit() and tok.isascii() and len(tok) < 4000:
                     value = leaves[tok] = _int(int(tok))
                 else:
                     value = leaves[tok] = _number(tok, start)
@@ -887,7 +901,9 @@ def write_taf(root: ATerm) -> str:
                 stack.append(("text", "{"))
             cls = t.__class__
             if cls is ATermAppl:
-                head = _head(t)
+                head = (
+                    _quote(t._name).replace(" ", "\\040") if t._quoted else t._name
+                )  # TAF has no whitespace
                 if t._args:
                     stack.append(("text", ")"))
                     for a in reversed(t._args[1:]):
@@ -912,7 +928,7 @@ def write_taf(root: ATerm) -> str:
                 stack.append(("enter", t._type))
                 stack.append(("text", "<"))
             else:
-                stack.append(("text", _to_text(t)))
+                stack.append(("text", _to_text(t.with_annotations(()))))  # annotations were pushed above
         else:  # exit
             length = size - starts.pop()
             if length > ref_len:
@@ -949,7 +965,8 @@ def _match(pattern: ATerm, subject: ATerm, out: list | None, bindings: dict | No
     while stack:
         p, s = pop()
         if p is _EMIT:
-            out.append(s)
+            if out is not None:
+                out.append(s)
             continue
         pcls = p.__class__
         if pcls is ATermVar:
@@ -1178,7 +1195,7 @@ def _expect(node: ATerm, value: Any, *types: type) -> None:
 def _fill(node: ATerm, tname: str, value: Any) -> ATerm:
     if tname in _INT_TYPES:
         _expect(node, value, int)
-        return _int(int(value))
+        return _checked_int(value)
     if tname == "real":
         _expect(node, value, float, int)
         return ATermReal(float(value))
