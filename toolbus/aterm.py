@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, MutableMapping
 from functools import lru_cache
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any
 
 __all__ = [
@@ -657,14 +657,12 @@ def _read(text: str, taf: bool) -> ATerm:
 def _parse_error(text: str, toks: list[tuple[str, str]], failure: _Failure) -> ParseError:
     if failure.index >= len(toks) or toks[failure.index] is _END:
         return ParseError(text, len(text.rstrip(_WHITESPACE)), failure.expected)
-    # Find the token's position again; only done on the error path.
-    for k, m in enumerate(_TOKEN.finditer(text)):
-        if k == failure.index:
-            if failure.comma:
-                return ParseError(text, m.start(1), failure.expected, ",")
-            at = failure.offset
-            return ParseError(text, m.start(2) + at, failure.expected, m.group(2)[at:])
-    raise AssertionError("token index out of range")  # pragma: no cover
+    # Find the token's position again; only done on the error path (islice skips in C).
+    m = next(islice(_TOKEN.finditer(text), failure.index, None))
+    if failure.comma:
+        return ParseError(text, m.start(1), failure.expected, ",")
+    at = failure.offset
+    return ParseError(text, m.start(2) + at, failure.expected, m.group(2)[at:])
 
 
 def _too_deep(index: int) -> None:
