@@ -58,7 +58,9 @@ def main() -> None:
     obj = json.loads(js)
     assert parse(str(t)) == t
 
-    print(f"python {sys.version.split()[0]}, payload {len(text) / 1e6:.2f} MB ATerm / {len(js) / 1e6:.2f} MB JSON\n")
+    print(
+        f"python {sys.version.split()[0]}, payload {len(text) / 1e6:.2f} MB ATerm / {len(js) / 1e6:.2f} MB JSON\n"
+    )
     print(f"{'measure':<30} {'ours':>16} {'baseline':>16} {'ratio':>9}  {'target':<14}")
 
     parse_s = median_time(lambda: parse(text))

@@ -58,6 +58,10 @@ class ToolConnection:
         self._lock = threading.Lock()
         self._unacked: set[tuple] = set()
         self._held: dict[tuple, deque[ATerm]] = {}
+        # Events may be sent only after the handshake; a tool that emits earlier (from its
+        # constructor, or from a thread of its own) has them kept here until then.
+        self._ready = False
+        self._early: list[ATerm] = []
 
     def send(self, message: wire.Message) -> None:
         data = self._side.send(message)
@@ -73,7 +77,19 @@ class ToolConnection:
                 self._held.setdefault(symbol, deque()).append(event)
                 return
             self._unacked.add(symbol)
+            if not self._ready:
+                self._early.append(event)
+                return
             self._sock.sendall(self._side.send(wire.Event(event)))
+
+    def _accept_signature(self) -> None:
+        """Answer the signature; from now on events go out, the early ones first."""
+        with self._lock:
+            self._sock.sendall(self._side.send(wire.Void()))
+            self._ready = True
+            for event in self._early:
+                self._sock.sendall(self._side.send(wire.Event(event)))
+            self._early.clear()
 
     def _acked(self, event: ATerm) -> None:
         symbol = _symbol(event)
@@ -96,6 +112,18 @@ class ToolConnection:
             self._side.receive_data(data)
 
 
+def _takes_bus(cls: type) -> bool:
+    """Built as ``Class(bus)`` when the constructor takes one argument (as the bus's internal tools)."""
+    init = inspect.signature(cls)
+    if len(init.parameters) == 1:
+        return True
+    try:
+        init.bind()
+    except TypeError:
+        return True
+    return False
+
+
 def _symbol(t: ATerm) -> tuple:
     return (t.name, len(t.args), t.quoted) if isinstance(t, ATermAppl) else (str(t), 0, False)
 
@@ -107,8 +135,7 @@ def run(tool: type | Any, argv: list[str] | None = None) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     bus = ToolConnection(sock)
     if isinstance(tool, type):
-        takes_bus = len(inspect.signature(tool).parameters) == 1
-        tool = tool(bus) if takes_bus else tool()
+        tool = tool(bus) if _takes_bus(tool) else tool()
     try:
         _serve(tool, bus, args["name"], int(args["id"]))
     finally:
@@ -125,7 +152,7 @@ def _serve(tool: Any, bus: ToolConnection, name: str, tool_id: int) -> None:
     for entry in signature.inputs:
         pattern = entry.args[0]
         types[(pattern.name, len(pattern.args))] = pattern.args
-    bus.send(wire.Void())
+    bus._accept_signature()
     while True:
         message = bus.receive()
         if message is None:

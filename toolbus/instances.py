@@ -197,8 +197,10 @@ class ToolInstance:
                 raise TransactionError(
                     f"tool {self.name} was restarted since it emitted {offer.term}; the ack cannot be delivered"
                 )
-            self._send_ack(offer.term, result)
-            self._release(offer.symbol)
+            try:
+                self._send_ack(offer.term, result)
+            finally:
+                self._release(offer.symbol)  # the ack was given: even a failing receiver frees the symbol
 
     def terminate(self, id: Any = None, msg: str = "") -> None:
         """Stop the tool for good; returns once it has exited (killed after a short grace period)."""
@@ -310,6 +312,11 @@ class ToolInstance:
                 if self._alive and restart and self.requests >= restart:
                     log.info("tool %s: restart after %d requests", self.name, self.requests)
                     self._stop_tool("restart", graceful=True)
+                if self._alive and self._leaving():
+                    # It said snd-disconnect while idle and its I/O thread has not reported yet:
+                    # the request goes to a fresh tool rather than failing with the old one.
+                    log.warning("tool %s left; starting a fresh one", self.name)
+                    self._stop_tool("left", graceful=False)
                 if not self._alive:
                     self._start_tool()
             except ToolCrashed as e:
@@ -453,6 +460,10 @@ class ToolInstance:
 
     # ---- what each kind of tool does ---------------------------------------------------------------
 
+    def _leaving(self) -> bool:
+        """True when the running tool can take no request although it has not been reported gone."""
+        return False
+
     def _launch(self, generation: int) -> None:
         raise NotImplementedError
 
@@ -475,6 +486,22 @@ def _deadline(timeout: float | None) -> float | None:
 
 # --------------------------------------------------------------------------------------------------
 # Internal tools
+
+
+def _takes_bus(cls: type) -> bool:
+    """Whether a tool class is built as ``Class(bus)``: its constructor takes one argument.
+
+    That is one parameter (``bus`` or ``bus=None``), or one required one besides optional ones —
+    the rule ``load_tools`` checks classes by.
+    """
+    init = inspect.signature(cls)
+    if len(init.parameters) == 1:
+        return True
+    try:
+        init.bind()
+    except TypeError:
+        return True
+    return False
 
 
 class _BusHandle:
@@ -502,9 +529,8 @@ class InternalTool(ToolInstance):
 
     def _launch(self, generation: int) -> None:
         try:
-            takes_bus = len(inspect.signature(self._class).parameters) == 1
             handle = _BusHandle(self, generation)
-            self._object = self._class(handle) if takes_bus else self._class()
+            self._object = self._class(handle) if _takes_bus(self._class) else self._class()
         except Exception as e:
             raise ToolCrashed(
                 f"tool {self.name}: {self.descriptor.tool_name}() failed: {type(e).__name__}: {e}"
@@ -534,9 +560,21 @@ class InternalTool(ToolInstance):
         try:
             args = [to_python(a, t) for a, t in zip(call.args, sig.pattern.args)]
             result = getattr(obj, sig.method_name)(*args)
-            value = from_python(result, sig.result) if txn.kind == "eval" else None
         except Exception as e:
             error = ToolError(f"tool {self.name}: {call} raised {type(e).__name__}: {e}")
+            self._answer(generation, error=error)
+            return
+        if txn.kind != "eval":
+            self._answer(generation)
+            return
+        try:
+            value = from_python(result, sig.result)
+        except (TypeError, ValueError):
+            # A result with no ATerm form (None, an object) is a value of the wrong type, like any other.
+            error = SignatureError(
+                f"tool {self.name}: {call} returned {result!r}, which is not of the result type "
+                f"{sig.result}; signature: {sig.text}"
+            )
             self._answer(generation, error=error)
         else:
             self._answer(generation, value)
@@ -544,7 +582,12 @@ class InternalTool(ToolInstance):
     def _send_ack(self, event: ATerm, result: ATerm) -> None:
         receive = getattr(self._object, "rec_ack_event", None)
         if callable(receive):
-            receive(event, result)
+            try:
+                receive(event, result)
+            except Exception as e:
+                raise ToolError(
+                    f"tool {self.name}: rec_ack_event({event}, {result}) raised {type(e).__name__}: {e}"
+                ) from e
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,6 +605,10 @@ class ExternalTool(ToolInstance):
         self._process: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._conn: wire.BusSide | None = None
+        # Callers send while the I/O thread reads, and wire.BusSide is not thread-safe: its state
+        # table is guarded by _state_lock (held briefly, never while blocked on the socket), and
+        # _send_lock keeps the bytes of concurrent sends in the order of their state changes.
+        self._state_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._io_thread: threading.Thread | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -588,11 +635,15 @@ class ExternalTool(ToolInstance):
             except OSError as e:
                 raise ToolCrashed(f"tool {self.name}: cannot start {argv[0]!r}: {e.strerror or e}") from None
             self._process = process
+            self._sock = None
             try:
                 sock = self._accept(listener, process)
                 self._handshake(sock)
             except ToolCrashed:
                 _kill_group(process)
+                if self._sock is not None:
+                    self._sock.close()
+                _close_pipes(process)
                 raise
         finally:
             listener.close()
@@ -602,15 +653,21 @@ class ExternalTool(ToolInstance):
         )  # fmt: skip
         self._io_thread.start()
 
-    def _start_failure(self, process: subprocess.Popen, what: str) -> ToolCrashed:
+    def _start_failure(
+        self, process: subprocess.Popen, what: str, error_class: type[ToolCrashed] = ToolCrashed
+    ) -> ToolCrashed:
+        """The error for a tool that did not start; the tool and its children are gone by then."""
+        if error_class is ProtocolError:
+            _kill_group(process)  # a tool that broke the protocol cannot be trusted to stop
         try:
             status = process.wait(timeout=GRACE_PERIOD)
         except subprocess.TimeoutExpired:
             _kill_group(process)
             status = process.wait()
-        tail = _drain(process.stderr)
-        return ToolCrashed(
-            f"tool {self.name} {what}; {_status_text(status)}" + (f"; stderr: {tail}" if tail else ""),
+        _kill_group(process)  # its children too: nothing of a failed start stays behind
+        tail = _drain_nowait(process)
+        return error_class(
+            f"tool {self.name} {what}; {_status_text(status)}" + (f"; stderr:\n{tail}" if tail else ""),
             status,
             tail,
         )
@@ -645,7 +702,7 @@ class ExternalTool(ToolInstance):
                 or message.tool_id != self.tool_id
             ):
                 raise ProtocolError(
-                    f"tool {self.name} introduced itself as {message}; expected snd-connect({self.name},{self.tool_id})"
+                    f"it introduced itself as {message}; expected snd-connect({self.name},{self.tool_id})"
                 )
             sigs = self.signatures
             inputs = tuple(ATermAppl("rec-eval", [s.pattern]) for s in sigs.evals) + tuple(
@@ -657,7 +714,11 @@ class ExternalTool(ToolInstance):
             if isinstance(message, wire.Disconnect):
                 raise self._start_failure(self._process, "refused its signature (disconnected)")
         except ProtocolError as e:
-            raise ProtocolError(f"tool {self.name}: {e}", None, _drain_nowait(self._process)) from None
+            raise self._start_failure(
+                self._process,
+                f"broke the wire protocol during the handshake: {self._unnamed(e)}",
+                ProtocolError,
+            ) from None
         except TimeoutError:
             raise self._start_failure(
                 self._process, f"did not finish the handshake within {START_TIMEOUT:g} s"
@@ -668,6 +729,10 @@ class ExternalTool(ToolInstance):
             ) from None
         sock.settimeout(None)
 
+    def _unnamed(self, error: ProtocolError) -> str:
+        """The text of a wire error without the leading "tool NAME", which the caller says first."""
+        return str(error).removeprefix(f"tool {self.name} ")
+
     def _read_message(self, sock: socket.socket, conn: wire.BusSide) -> wire.Message:
         while True:
             message = conn.next_message()
@@ -676,6 +741,13 @@ class ExternalTool(ToolInstance):
             conn.receive_data(sock.recv(65536))
 
     # ---- running -----------------------------------------------------------------------------------
+
+    def _leaving(self) -> bool:
+        with self._state_lock:
+            return self._conn is not None and self._conn.state in (
+                wire.ToolState.CLOSING,
+                wire.ToolState.CLOSED,
+            )
 
     def _deliver(self, txn: _Transaction, generation: int) -> None:
         message = wire.Eval(txn.call) if txn.kind == "eval" else wire.Do(txn.call)
@@ -687,13 +759,39 @@ class ExternalTool(ToolInstance):
     def _send(self, message: wire.Message) -> None:
         with self._send_lock:
             try:
-                self._sock.sendall(self._conn.send(message))
-            except OSError:
-                pass  # the tool is gone: its I/O thread reports the crash with the exit status
+                with self._state_lock:
+                    data = self._conn.send(message)
+                self._sock.sendall(data)
+            except (OSError, ProtocolError) as e:
+                # The tool is gone or going (its connection closed, or it said snd-disconnect):
+                # its I/O thread reports the crash with the exit status.
+                log.debug("tool %s: cannot send %s: %s", self.name, type(message).__name__, e)
+
+    def _dispatch(self, generation: int, conn: wire.BusSide) -> ToolCrashed | None:
+        """Hand every whole message received so far to the instance.
+
+        Returns the problem that ends the connection, if there is one.
+        """
+        while True:
+            try:
+                with self._state_lock:
+                    message = conn.next_message()
+            except ProtocolError as e:
+                return ProtocolError(f"tool {self.name} broke the wire protocol: {self._unnamed(e)}")
+            if message is None:
+                return None
+            if isinstance(message, wire.Value):
+                self._answer(generation, message.value)
+            elif isinstance(message, wire.Void):
+                self._answer(generation)
+            elif isinstance(message, wire.Event):
+                self._event(generation, message.event)
+            elif isinstance(message, wire.Disconnect):
+                return ToolCrashed(f"tool {self.name} disconnected")
 
     def _io_loop(self, generation: int, process: subprocess.Popen, sock: socket.socket,
                  conn: wire.BusSide, tail: deque[str]) -> None:  # fmt: skip
-        """Read the tool's socket, stdout and stderr until the socket closes; then report."""
+        """Read the tool's socket, stdout and stderr until the connection ends; then report."""
         tool_log = logging.getLogger(f"toolbus.tool.{self.name}")
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ, "sock")
@@ -701,10 +799,11 @@ class ExternalTool(ToolInstance):
             os.set_blocking(stream.fileno(), False)
             sel.register(stream, selectors.EVENT_READ, kind)
         partial = {"stdout": b"", "stderr": b""}
-        problem: ToolCrashed | None = None
-        open_streams = 3
         try:
-            while open_streams and problem is None:
+            # What the tool sent right after its handshake may have arrived with the handshake's
+            # answer: it is buffered already, and no socket readiness will announce it.
+            problem = self._dispatch(generation, conn)
+            while problem is None:
                 for key, _ in sel.select():
                     kind = key.data
                     if kind == "sock":
@@ -712,29 +811,15 @@ class ExternalTool(ToolInstance):
                             data = sock.recv(262144)
                         except OSError:
                             data = b""
-                        conn.receive_data(data)
-                        try:
-                            while (message := conn.next_message()) is not None:
-                                if isinstance(message, wire.Value):
-                                    self._answer(generation, message.value)
-                                elif isinstance(message, wire.Void):
-                                    self._answer(generation)
-                                elif isinstance(message, wire.Event):
-                                    self._event(generation, message.event)
-                                elif isinstance(message, wire.Disconnect):
-                                    problem = ToolCrashed(f"tool {self.name} disconnected")
-                                    break
-                        except ProtocolError as e:
-                            problem = e
-                        if not data or problem is not None:
-                            sel.unregister(sock)
-                            open_streams -= 1
-                            problem = problem or ToolCrashed(f"tool {self.name} closed the connection")
+                        with self._state_lock:
+                            conn.receive_data(data)
+                        problem = self._dispatch(generation, conn)
+                        if problem is not None:
+                            break
                     else:
                         chunk = os.read(key.fileobj.fileno(), 65536)
                         if not chunk:
                             sel.unregister(key.fileobj)
-                            open_streams -= 1
                             continue
                         lines = (partial[kind] + chunk).split(b"\n")
                         partial[kind] = lines.pop()
@@ -752,21 +837,23 @@ class ExternalTool(ToolInstance):
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 status = process.wait()
+            _kill_group(process)  # its children go too, before anyone hears of the crash
             for stream, kind in ((process.stderr, "stderr"), (process.stdout, "stdout")):
                 rest = partial[kind] + _read_available(stream)
                 for line in rest.decode("utf-8", "replace").splitlines():
                     if kind == "stderr":
                         tail.append(line)
+                        tool_log.warning("%s", line)
+                    else:
+                        tool_log.info("%s", line)
             text = "\n".join(tail)
             message = f"{problem}; {_status_text(status)}" + (f"; stderr:\n{text}" if text else "")
-            error = (ProtocolError if isinstance(problem, ProtocolError) else ToolCrashed)(
-                message, status, text
-            )
-            self._crashed(generation, error)
+            self._crashed(generation, type(problem)(message, status, text))
         finally:
             sel.close()
             sock.close()
             _kill_group(process)  # nothing of the tool stays behind, children included
+            _close_pipes(process)
 
     # ---- stop --------------------------------------------------------------------------------------
 
@@ -820,6 +907,14 @@ def _drain_nowait(process: subprocess.Popen | None) -> str:
         return ""
     os.set_blocking(process.stderr.fileno(), False)
     return _drain(process.stderr)
+
+
+def _close_pipes(process: subprocess.Popen) -> None:
+    for stream in (process.stdout, process.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------------

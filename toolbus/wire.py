@@ -208,7 +208,12 @@ def from_term(t: ATerm) -> Message:
             return Terminate(msg.name if isinstance(msg, ATermAppl) and msg.is_string else str(msg))
         if name == "snd-connect" and len(args) == 2:
             tname, tid = args
-            if isinstance(tname, ATermAppl) and not tname.quoted and not tname.args and isinstance(tid, ATermInt):
+            if (
+                isinstance(tname, ATermAppl)
+                and not tname.quoted
+                and not tname.args
+                and isinstance(tid, ATermInt)
+            ):
                 return Connect(tname.name, tid.value)
         if name == "snd-disconnect" and not args:
             return Disconnect()

@@ -1,0 +1,84 @@
+"""Helpers shared by the tool-instance tests: tools.toml files, and bounded waits on processes.
+
+Waiting for a process to disappear has no event to wait on, so it is the one place where a test
+polls; every poll here is bounded and fails the test with a message when the time runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL_SCRIPTS = Path(__file__).resolve().parent / "tools"
+
+
+def write_tools(directory: Path, tools: dict[str, dict]) -> Path:
+    """Write ``directory/tools.toml`` declaring ``tools`` ({name: {field: value}}); returns its path.
+
+    Strings and lists are written as JSON, which is valid TOML for them (the same escapes).
+    """
+    lines = []
+    for name, fields in tools.items():
+        lines.append(f"[tool.{name}]")
+        for key, value in fields.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    path = Path(directory) / "tools.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def script_command(script: str, *args: str) -> str:
+    """The tools.toml command line running ``tests/tools/<script>`` with this interpreter."""
+    return " ".join(["{python}", shlex.quote(str(TOOL_SCRIPTS / script)), *map(shlex.quote, args)])
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _state(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of ``pid`` from /proc, or None when it does not exist."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[2])
+
+
+def pid_gone(pid: int) -> bool:
+    """True when process ``pid`` no longer runs.
+
+    A killed orphan stays a zombie until init reaps it, which some container inits do only now and
+    then; a zombie runs nothing, so it counts as gone.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    state = _state(pid)
+    return state is None or state[0] == "Z"
+
+
+def group_gone(pgid: int) -> bool:
+    """True when no process of process group ``pgid`` runs (zombies count as gone, as above)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            state = _state(int(entry.name))
+            if state is not None and state[1] == pgid and state[0] != "Z":
+                return False
+    return True
