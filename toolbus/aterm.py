@@ -14,6 +14,7 @@ loop over the tokens with an explicit stack of open brackets; it is linear in th
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 from collections.abc import Callable, Iterator, MutableMapping
@@ -648,10 +649,18 @@ def _pattern(pattern: ATerm | str) -> ATerm:
 
 def _read(text: str, taf: bool) -> ATerm:
     toks = _TOKEN.findall(text)
+    # Terms cannot form reference cycles, so the cyclic garbage collector has nothing to find among
+    # the objects a parse makes; left on, it rescans the growing heap many times during a big parse.
+    paused = len(toks) > 1000 and gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         return _build(toks, taf)
     except _Failure as failure:
         raise _parse_error(text, toks, failure) from None
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _parse_error(text: str, toks: list[tuple[str, str]], failure: _Failure) -> ParseError:
@@ -683,7 +692,7 @@ def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
     push = stack.append
     items: list | None = None  # items of the innermost open bracket (stack[-1][2])
     closer = ""  # its closing token
-    leaves: dict[str, ATerm] = {}  # token -> leaf: within one text, equal leaves are one object
+    leaves: dict[str, ATerm] = {}  # identifier -> leaf: within one text, equal symbols are one object
     # TAF numbers subterms by the length of their text as written. TAF has no whitespace, so a
     # token's offset is the running sum of the lengths of the tokens before it.
     if taf:
@@ -725,9 +734,7 @@ def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
                     closer = ")"
                     continue
         elif c == '"':
-            value = leaves.get(tok)
-            if value is None:
-                value = leaves[tok] = _appl(_unquote(tok, start), (), True)
+            value = _appl(_unquote(tok, start), (), True)
             if toks[i] == _OPEN_PAREN:
                 i += 1
                 if toks[i] == _CLOSE_PAREN:
@@ -742,12 +749,10 @@ def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
                     closer = ")"
                     continue
         elif "0" <= c <= "9" or c == "-":
-            value = leaves.get(tok)
-            if value is None:
-                if tok.isdigit() and tok.isascii() and len(tok) < 4000:
-                    value = leaves[tok] = _int(int(tok))
-                else:
-                    value = leaves[tok] = _number(tok, start)
+            if tok.isdigit() and tok.isascii() and len(tok) < 4000:
+                value = _int(int(tok))
+            else:
+                value = _number(tok, start)
         elif c == "[" or c == "(" or c == "<":
             if c != "<" and toks[i] == (_CLOSE_BRACKET if c == "[" else _CLOSE_PAREN):
                 i += 1
@@ -855,12 +860,9 @@ def read_taf(text: str) -> ATerm:
         at = text.find(ws)
         if at >= 0:
             raise ParseError(text, at, "no whitespace in a shared text", text[at])
-    body = text[1:]
-    toks = _TOKEN.findall(body)
     try:
-        return _build(toks, True)
-    except _Failure as failure:
-        error = _parse_error(body, toks, failure)
+        return _read(text[1:], True)
+    except ParseError as error:
         raise ParseError(text, error.position + 1, error.expected, error.found) from None
 
 
