@@ -23,7 +23,6 @@ ack arrives as a call of ``rec_ack_event(event, result)`` when the class has tha
 
 from __future__ import annotations
 
-import inspect
 import socket
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 
 from toolbus import wire
 from toolbus.aterm import ATerm, ATermAppl, parse, term
+from toolbus.descriptors import takes_bus
 from toolbus.signatures import to_python
 
 
@@ -112,18 +112,6 @@ class ToolConnection:
             self._side.receive_data(data)
 
 
-def _takes_bus(cls: type) -> bool:
-    """Built as ``Class(bus)`` when the constructor takes one argument (as the bus's internal tools)."""
-    init = inspect.signature(cls)
-    if len(init.parameters) == 1:
-        return True
-    try:
-        init.bind()
-    except TypeError:
-        return True
-    return False
-
-
 def _symbol(t: ATerm) -> tuple:
     return (t.name, len(t.args), t.quoted) if isinstance(t, ATermAppl) else (str(t), 0, False)
 
@@ -135,7 +123,7 @@ def run(tool: type | Any, argv: list[str] | None = None) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     bus = ToolConnection(sock)
     if isinstance(tool, type):
-        tool = tool(bus) if _takes_bus(tool) else tool()
+        tool = tool(bus) if takes_bus(tool) else tool()
     try:
         _serve(tool, bus, args["name"], int(args["id"]))
     finally:

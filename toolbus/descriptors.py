@@ -206,6 +206,22 @@ def _load_one(
     )
 
 
+def takes_bus(cls: type) -> bool:
+    """Whether a tool class is built as ``Class(bus)`` rather than ``Class()``.
+
+    It is when its constructor takes one argument: one parameter (``bus`` or ``bus=None``), or one
+    required parameter besides optional ones.
+    """
+    init = inspect.signature(cls)
+    if len(init.parameters) == 1:
+        return True
+    try:
+        init.bind()
+    except TypeError:
+        return True
+    return False
+
+
 def _check_class(ref: str, signatures: Signatures, problem) -> None:
     module_name, _, class_name = ref.partition(":")
     try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import inspect
 import itertools
 import logging
 import os
@@ -45,7 +44,7 @@ from typing import Any
 
 from toolbus import wire
 from toolbus.aterm import ATerm, ATermAppl, Environment, parse, term
-from toolbus.descriptors import ToolDescriptor
+from toolbus.descriptors import ToolDescriptor, takes_bus
 from toolbus.errors import (
     ProtocolError,
     SignatureError,
@@ -488,22 +487,6 @@ def _deadline(timeout: float | None) -> float | None:
 # Internal tools
 
 
-def _takes_bus(cls: type) -> bool:
-    """Whether a tool class is built as ``Class(bus)``: its constructor takes one argument.
-
-    That is one parameter (``bus`` or ``bus=None``), or one required one besides optional ones —
-    the rule ``load_tools`` checks classes by.
-    """
-    init = inspect.signature(cls)
-    if len(init.parameters) == 1:
-        return True
-    try:
-        init.bind()
-    except TypeError:
-        return True
-    return False
-
-
 class _BusHandle:
     """What an internal tool gets as ``bus``: ``bus.emit(event)`` sends an event."""
 
@@ -530,7 +513,7 @@ class InternalTool(ToolInstance):
     def _launch(self, generation: int) -> None:
         try:
             handle = _BusHandle(self, generation)
-            self._object = self._class(handle) if _takes_bus(self._class) else self._class()
+            self._object = self._class(handle) if takes_bus(self._class) else self._class()
         except Exception as e:
             raise ToolCrashed(
                 f"tool {self.name}: {self.descriptor.tool_name}() failed: {type(e).__name__}: {e}"
@@ -657,14 +640,7 @@ class ExternalTool(ToolInstance):
         self, process: subprocess.Popen, what: str, error_class: type[ToolCrashed] = ToolCrashed
     ) -> ToolCrashed:
         """The error for a tool that did not start; the tool and its children are gone by then."""
-        if error_class is ProtocolError:
-            _kill_group(process)  # a tool that broke the protocol cannot be trusted to stop
-        try:
-            status = process.wait(timeout=GRACE_PERIOD)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            status = process.wait()
-        _kill_group(process)  # its children too: nothing of a failed start stays behind
+        status = _reap(process, broke_protocol=error_class is ProtocolError)
         tail = _drain_nowait(process)
         return error_class(
             f"tool {self.name} {what}; {_status_text(status)}" + (f"; stderr:\n{tail}" if tail else ""),
@@ -830,14 +806,7 @@ class ExternalTool(ToolInstance):
                                 tool_log.warning("%s", text)
                             else:
                                 tool_log.info("%s", text)
-            if isinstance(problem, ProtocolError):
-                _kill_group(process)  # a tool that broke the protocol cannot be trusted to stop
-            try:
-                status = process.wait(timeout=GRACE_PERIOD)
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                status = process.wait()
-            _kill_group(process)  # its children go too, before anyone hears of the crash
+            status = _reap(process, broke_protocol=isinstance(problem, ProtocolError))
             for stream, kind in ((process.stderr, "stderr"), (process.stdout, "stdout")):
                 rest = partial[kind] + _read_available(stream)
                 for line in rest.decode("utf-8", "replace").splitlines():
@@ -954,6 +923,21 @@ def _spawn(argv: list[str], cwd: str) -> subprocess.Popen:
     ).result()  # fmt: skip
     _live_processes.add(process)
     return process
+
+
+def _reap(process: subprocess.Popen, broke_protocol: bool) -> int:
+    """Wait for a tool that is going (killed after the grace period), then kill its whole group:
+    its children go too, before anyone hears of the crash. A tool that broke the protocol cannot
+    be trusted to stop, so it is killed at once."""
+    if broke_protocol:
+        _kill_group(process)
+    try:
+        status = process.wait(timeout=GRACE_PERIOD)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        status = process.wait()
+    _kill_group(process)
+    return status
 
 
 def _kill_group(process: subprocess.Popen) -> None:
