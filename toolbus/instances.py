@@ -224,29 +224,44 @@ class ToolInstance:
         self.snd_eval_to_tool(id, call, timeout)
         env = Environment()
         with self._cond:
-            txn = self._transactions[id]
+            self._wait(self._transactions[id])
+            self.get_value_from_tool(id, _VALUE, env)
+        return env["V"]
+
+    def do(self, call: ATerm | str, wait: bool = False, timeout: float | None = None) -> None:
+        """Send a do under a fresh transaction id.
+
+        With ``wait``, return once the tool has done it, raising its error (the Celery task of a do
+        waits, so that a failed do shows as a failed task and recycling counts it).
+        """
+        call = _as_term(call)
+        txn = _Transaction(object(), "do", call, self.signatures.check_do(call), _deadline(timeout))
+        self._submit(txn)
+        if wait:
+            self._wait(txn)
+            if txn.error is not None:
+                raise txn.error
+
+    def _wait(self, txn: _Transaction) -> None:
+        """Deliver queued requests and wait until ``txn`` is answered (or times out)."""
+        with self._cond:
             while True:
                 self._pump()
                 self._check_deadline(txn)
                 if txn.state == "done":
-                    break
+                    return
                 self._cond.wait(None if txn.deadline is None else max(0.0, txn.deadline - time.monotonic()))
-            self.get_value_from_tool(id, _VALUE, env)
-        return env["V"]
-
-    def do(self, call: ATerm | str) -> None:
-        """Send a do under a fresh transaction id."""
-        self.snd_do_to_tool(object(), call)
 
     def wait_for_event(
-        self, pattern: ATerm | str, timeout: float | None = None
+        self, pattern: ATerm | str, timeout: float | None = None, id: Any = None
     ) -> tuple[Any, Environment] | None:
-        """Wait until an event matching ``pattern`` is offered; take it. Returns (id, env) or None."""
+        """Wait until an event matching ``pattern`` is offered; take it under ``id`` (a fresh one by
+        default). Returns (id, env), or None after ``timeout``."""
         deadline = _deadline(timeout)
+        id = object() if id is None else id
         with self._cond:
             while True:
                 env = Environment()
-                id = object()
                 if self.get_event_from_tool(id, pattern, env):
                     return id, env
                 remaining = None if deadline is None else deadline - time.monotonic()

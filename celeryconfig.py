@@ -1,0 +1,72 @@
+"""Celery settings, read from the environment when this module is imported.
+
+    CELERY_BROKER_URL       broker (Redis or RabbitMQ); default REDIS_URL
+    CELERY_RESULT_BACKEND   result backend; default REDIS_URL
+    REDIS_URL               default redis://127.0.0.1:6379/0
+
+``settings()`` reads the environment again and returns the same settings as a dict: the Bus client
+builds its own Celery app from it when it is constructed.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+#: Longest end-to-end timeout a caller may give an eval (seconds); the broker's visibility timeout
+#: must exceed it, or Redis would hand an unacknowledged eval to a second worker.
+MAX_EVAL_TIMEOUT = 3600
+
+
+def route_task(name, args, kwargs, options, task=None, **kw):
+    """ToolBus calls go to the queue of their tool: toolbus.<tool>."""
+    if name.startswith("toolbus."):
+        tool = kwargs.get("tool") if kwargs else None
+        if tool is None and args:
+            tool = args[0]
+        if tool:
+            return {"queue": f"toolbus.{tool}"}
+    return None
+
+
+def settings() -> dict:
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    return {
+        "broker_url": os.environ.get("CELERY_BROKER_URL") or redis_url,
+        "result_backend": os.environ.get("CELERY_RESULT_BACKEND") or redis_url,
+        # JSON only: calls and values travel as ATerm text; nothing is ever unpickled.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Each tool has its own queue (toolbus.<tool>); workers create the queues they consume.
+        "task_routes": (route_task,),
+        "task_create_missing_queues": True,
+        "task_default_queue": "celery",
+        # A tool serves one request at a time: a child should not hoard calls it cannot start yet,
+        # and with --max-tasks-per-child the next child picks up the rest.
+        "worker_prefetch_multiplier": 1,
+        # At most once: an eval is acknowledged when it is received, so a worker child that dies
+        # mid-call does not run it again; the caller gets ToolCrashed instead.
+        "task_acks_late": False,
+        "task_reject_on_worker_lost": False,
+        # Redis re-delivers an unacknowledged message after this; it must exceed every eval timeout.
+        "broker_transport_options": {"visibility_timeout": MAX_EVAL_TIMEOUT + 600},
+        # A call carries its own deadline (the caller's timeout); these are the ceilings.
+        "task_time_limit": MAX_EVAL_TIMEOUT + 60,
+        "task_soft_time_limit": MAX_EVAL_TIMEOUT,
+        # Results are read once by the caller within its timeout; keep them an hour for Flower.
+        "result_expires": 3600,
+        "result_extended": True,
+        # Events on, so that Flower sees every task and worker.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "broker_connection_retry_on_startup": True,
+        # Worker logs are read by operators: one line per task is enough.
+        "worker_hijack_root_logger": False,
+    }
+
+
+globals().update(settings())

@@ -1,0 +1,24 @@
+"""The Celery app of every worker process, configured from ``celeryconfig.py``.
+
+Workers run ``celery -A worker.app worker``; clients that only send (the Bus, the portal) build
+their own app with ``make_app`` and never use ``current_app``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+import celeryconfig
+
+TASK_MODULES = ["worker.toolbus_tasks"]
+
+
+def make_app(name: str = "toolcall") -> Celery:
+    """A Celery app with the settings of the environment as it is now."""
+    app = Celery(name, set_as_current=False, include=TASK_MODULES)
+    app.conf.update(celeryconfig.settings())
+    return app
+
+
+app = Celery("toolcall", include=TASK_MODULES)
+app.config_from_object("celeryconfig")

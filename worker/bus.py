@@ -1,0 +1,177 @@
+"""The Bus: how an application calls tools through Celery.
+
+    from worker.bus import Bus
+    bus = Bus()
+    bus.eval("calc", 'compute("1+2")', timeout=10)          # -> parse('3')
+    bus.do("calc", 'store("x", 1)')                          # checked, queued; returns at once
+    bus.eval_many("calc", ['compute("1")', 'compute("2")'])  # -> [parse('1'), parse('2')]
+    ev = bus.get_event("clock", "show-time(T?)", timeout=10)
+    bus.ack(ev, '"ok"')
+
+Calls are checked against the tools' signatures before they are queued (the worker checks again).
+Failures come back as the ``toolbus.errors`` classes: a worker child lost mid-call becomes
+``ToolCrashed``, a time limit ``ToolTimeout``, anything else ``ToolBusError``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import celery.exceptions
+from celery import Celery
+
+import toolbus.errors as errors
+from toolbus.aterm import ATerm, parse, term
+from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
+from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout
+from worker.app import make_app
+from worker.events import Event, EventChannel, redis_client
+
+DEFAULT_TIMEOUT = 30.0
+#: Extra seconds the worker's hard time limit allows past the caller's deadline: the tool is
+#: killed at the deadline by the instance itself; the hard limit is the last resort.
+HARD_LIMIT_MARGIN = 10.0
+
+__all__ = ["Bus", "Event"]
+
+
+def _as_term(value: ATerm | str) -> ATerm:
+    return parse(value) if isinstance(value, str) else term(value)
+
+
+class Bus:
+    """A client of the ToolBus workers. Reads the environment when constructed; thread-safe."""
+
+    def __init__(self, app: Celery | None = None, tools: dict[str, ToolDescriptor] | str | None = None):
+        self.app = app or make_app("toolbus-client")
+        if tools is None or isinstance(tools, str):
+            tools = load_tools(tools or default_tools_path(), check_classes=False)
+        self.tools = tools
+        self.events = EventChannel(redis_client())
+
+    def _tool(self, name: str) -> ToolDescriptor:
+        try:
+            return self.tools[name]
+        except KeyError:
+            raise ToolBusError(
+                f"unknown tool {name!r}; the tools are {', '.join(sorted(self.tools))}"
+            ) from None
+
+    def _send(self, task: str, tool: str, args: dict, timeout: float | None):
+        options: dict[str, Any] = {"queue": self._tool(tool).queue}
+        if timeout is not None:
+            options["expires"] = timeout  # still queued at the deadline: dropped, not run late
+            options["time_limit"] = timeout + HARD_LIMIT_MARGIN
+        return self.app.send_task(task, kwargs={"tool": tool, **args}, **options)
+
+    # ---- calls -------------------------------------------------------------------------------------
+
+    def eval(self, tool: str, call: ATerm | str, timeout: float = DEFAULT_TIMEOUT) -> ATerm:
+        """Evaluate ``call`` on ``tool`` and return its value (blocking, at most ``timeout`` s)."""
+        call = _as_term(call)
+        self._tool(tool).signatures.check_eval(call)
+        result = self._send(
+            "toolbus.eval", tool, {"call": str(call), "deadline": time.time() + timeout}, timeout
+        )
+        return parse(self._wait(result, tool, call, timeout))
+
+    def do(self, tool: str, call: ATerm | str, timeout: float | None = None) -> str:
+        """Queue ``call`` on ``tool`` and return at once (the task id). Nobody waits for a do: its
+        failure is logged by the worker and shows as a failed task in Flower."""
+        call = _as_term(call)
+        self._tool(tool).signatures.check_do(call)
+        deadline = None if timeout is None else time.time() + timeout
+        result = self._send("toolbus.do", tool, {"call": str(call), "deadline": deadline}, timeout)
+        return result.id
+
+    def eval_many(self, tool: str, calls: list[ATerm | str], timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
+        """Evaluate a batch; each slot holds the value, or the exception of that call.
+
+        The batch travels as few tasks as the tool's ``restart_frequency`` allows (at most N calls
+        per task), and ``timeout`` covers the whole batch.
+        """
+        descriptor = self._tool(tool)
+        terms = [_as_term(c) for c in calls]
+        slots: list[Any] = [None] * len(terms)
+        texts: list[tuple[int, str]] = []
+        for i, t in enumerate(terms):
+            try:
+                descriptor.signatures.check_eval(t)
+                texts.append((i, str(t)))
+            except SignatureError as e:
+                slots[i] = e
+        size = descriptor.restart_frequency or 1000
+        deadline = time.time() + timeout
+        pending = []
+        for start in range(0, len(texts), size):
+            chunk = texts[start : start + size]
+            result = self._send(
+                "toolbus.eval_many", tool, {"calls": [c for _, c in chunk], "deadline": deadline}, timeout
+            )
+            pending.append((chunk, result))
+        for chunk, result in pending:
+            try:
+                answers = self._wait(
+                    result, tool, f"a batch of {len(chunk)} calls", max(0.0, deadline - time.time())
+                )
+            except ToolBusError as e:
+                for i, _ in chunk:
+                    slots[i] = e
+                continue
+            for (i, _), answer in zip(chunk, answers):
+                if "value" in answer:
+                    slots[i] = parse(answer["value"])
+                else:
+                    cls = getattr(errors, answer["error"], ToolBusError)
+                    slots[i] = (
+                        cls(*answer["args"])
+                        if isinstance(cls, type) and issubclass(cls, ToolBusError)
+                        else ToolBusError(*answer["args"])
+                    )
+        return slots
+
+    def _wait(self, result, tool: str, call: Any, timeout: float) -> Any:
+        try:
+            return result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+        except ToolBusError:
+            raise
+        except celery.exceptions.TimeoutError:
+            raise ToolTimeout(f"tool {tool}: no value for {call} within {timeout:g} s") from None
+        except celery.exceptions.WorkerLostError as e:
+            raise ToolCrashed(f"tool {tool}: the worker process running {call} was lost ({e})") from None
+        except (celery.exceptions.TimeLimitExceeded, celery.exceptions.SoftTimeLimitExceeded):
+            raise ToolTimeout(f"tool {tool}: {call} ran past its time limit and was stopped") from None
+        except celery.exceptions.TaskRevokedError:
+            raise ToolTimeout(
+                f"tool {tool}: {call} waited in the queue past its timeout and was dropped"
+            ) from None
+        except Exception as e:
+            raise ToolBusError(f"tool {tool}: {call} failed: {type(e).__name__}: {e}") from None
+
+    # ---- events ------------------------------------------------------------------------------------
+
+    def get_event(
+        self, tool: str, pattern: ATerm | str, timeout: float = DEFAULT_TIMEOUT, lease: float = 60.0
+    ) -> Event:
+        """Lease the earliest offered event of ``tool`` matching ``pattern``.
+
+        Ack it within ``lease`` seconds, or it is offered again (at least once; ``Event.id`` stays
+        the same). Raises ``ToolTimeout`` when none arrives in time.
+        """
+        self._tool(tool)
+        event = self.events.take(tool, _as_term(pattern), uuid.uuid4().hex, lease, timeout)
+        if event is None:
+            raise ToolTimeout(f"tool {tool}: no event matching {pattern} within {timeout:g} s")
+        return event
+
+    def ack(self, event: Event, result: ATerm | str) -> None:
+        """Acknowledge ``event``; returns once the ack is queued for the instance that emitted it.
+
+        Raises ``TransactionError`` when that instance has been recycled or has crashed.
+        """
+        result = _as_term(result)
+        signatures = self._tool(event.tool).signatures
+        signatures.check_ack(signatures.check_event(event.term), result)
+        self.events.ack(event, result)

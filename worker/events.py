@@ -1,0 +1,152 @@
+"""The event channel between tool instances (in worker children) and the application (the Bus).
+
+Why this shape:
+
+- **Events go into one Redis stream per tool** (``toolbus:events:<tool>``). A stream keeps arrival
+  order and survives the emitting child; any client can read it, whatever the Celery broker is.
+- **A caller leases an event** (``SET lease NX PX``) instead of consuming it: ``get_event`` takes the
+  earliest event that matches its pattern and is not leased, so events of other shapes stay for
+  other callers. A lease that runs out without an ack offers the event again: at least once. The
+  event's id (a uuid chosen when it is published) stays the same, so callers can deduplicate.
+- **Acks go to a list per tool instance** (``toolbus:acks:<instance>``), read by a background thread
+  of the child that owns the instance, which hands them to the tool.
+- **Every live instance holds a key with a short expiry** (``toolbus:instance:<instance>``) that its
+  child refreshes every second and deletes when the tool is recycled, restarted or gone. An ack for
+  an instance without that key is refused with ``TransactionError``: the tool that emitted the
+  event is not there to receive it. A child killed outright loses its key within ``INSTANCE_TTL``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+import celeryconfig
+from toolbus.aterm import ATerm, Environment, parse
+from toolbus.errors import TransactionError
+
+PREFIX = "toolbus"
+#: Seconds an instance key lives without being refreshed.
+INSTANCE_TTL = 5
+#: Events kept per tool stream at most (the oldest are trimmed).
+STREAM_MAXLEN = 100_000
+
+
+def redis_client(url: str | None = None) -> redis.Redis:
+    """The Redis of events and acks: REDIS_URL (also when the Celery broker is RabbitMQ)."""
+    return redis.Redis.from_url(url or os.environ.get("REDIS_URL") or celeryconfig.DEFAULT_REDIS_URL)
+
+
+def stream_key(tool: str) -> str:
+    return f"{PREFIX}:events:{tool}"
+
+
+def acks_key(instance: str) -> str:
+    return f"{PREFIX}:acks:{instance}"
+
+
+def instance_key(instance: str) -> str:
+    return f"{PREFIX}:instance:{instance}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event offered to the application and leased to this caller."""
+
+    id: str  # unique per emission, stable across redeliveries
+    tool: str
+    term: ATerm  # exactly as the tool sent it
+    env: Environment  # the bindings of the caller's pattern
+    instance: str  # the tool instance that emitted it
+    entry: str = ""  # its entry in the tool's stream
+
+
+class EventChannel:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    # ---- the owning worker child -------------------------------------------------------------------
+
+    def publish(self, tool: str, instance: str, event: ATerm, event_id: str | None = None) -> str:
+        """Offer an event of ``instance``; returns its id."""
+        event_id = event_id or uuid.uuid4().hex
+        self.redis.xadd(
+            stream_key(tool),
+            {"id": event_id, "instance": instance, "term": str(event), "at": f"{time.time():.3f}"},
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+        return event_id
+
+    def alive(self, instance: str) -> None:
+        """The instance is alive (refresh its key)."""
+        self.redis.set(instance_key(instance), "1", ex=INSTANCE_TTL)
+
+    def gone(self, instance: str) -> None:
+        """The instance is gone: its key and its pending acks go."""
+        self.redis.delete(instance_key(instance), acks_key(instance))
+
+    def next_ack(self, instance: str, timeout: float) -> tuple[str, str] | None:
+        """The next ack for ``instance`` as (event id, result text), waiting up to ``timeout``."""
+        item = self.redis.blpop([acks_key(instance)], timeout=timeout)
+        if item is None:
+            return None
+        data = json.loads(item[1])
+        return data["id"], data["result"]
+
+    # ---- the application ---------------------------------------------------------------------------
+
+    def is_alive(self, instance: str) -> bool:
+        return bool(self.redis.exists(instance_key(instance)))
+
+    def take(self, tool: str, pattern: ATerm, owner: str, lease: float, timeout: float) -> Event | None:
+        """Lease the earliest offered event of ``tool`` matching ``pattern``; None after ``timeout``."""
+        key = stream_key(tool)
+        deadline = time.monotonic() + timeout
+        while True:
+            last = b"0-0"
+            for entry_id, fields in self.redis.xrange(key):
+                last = entry_id
+                event = self._offer(tool, entry_id, fields, pattern, owner, lease)
+                if event is not None:
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            # Wait for a new event, but not past a second: leases that run out offer events again.
+            self.redis.xread({key: last}, count=1, block=max(1, int(min(remaining, 1.0) * 1000)))
+
+    def _offer(self, tool, entry_id, fields, pattern, owner, lease) -> Event | None:
+        fields = {k.decode(): v.decode() for k, v in fields.items()}
+        if not self.is_alive(fields["instance"]):
+            # The emitting tool was recycled or crashed: its events leave the offer.
+            self.redis.xdel(stream_key(tool), entry_id)
+            return None
+        term = parse(fields["term"])
+        env = Environment()
+        if not env.match(pattern, term):
+            return None
+        if not self.redis.set(f"{PREFIX}:lease:{fields['id']}", owner, nx=True, px=max(1, int(lease * 1000))):
+            return None
+        entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return Event(fields["id"], tool, term, env, fields["instance"], entry)
+
+    def ack(self, event: Event, result: ATerm) -> None:
+        """Queue the ack for the instance that emitted the event; the event leaves the offer."""
+        if not self.is_alive(event.instance):
+            raise TransactionError(
+                f"tool {event.tool}: the instance that emitted {event.term} ({event.instance}) has been "
+                "recycled or has crashed; the ack cannot be delivered"
+            )
+        pipe = self.redis.pipeline()
+        pipe.rpush(acks_key(event.instance), json.dumps({"id": event.id, "result": str(result)}))
+        pipe.expire(acks_key(event.instance), 3600)
+        pipe.set(f"{PREFIX}:lease:{event.id}", "acked", ex=3600)  # never offered again
+        if event.entry:
+            pipe.xdel(stream_key(event.tool), event.entry)
+        pipe.execute()

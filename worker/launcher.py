@@ -1,0 +1,183 @@
+"""``python -m worker tools``: the Celery workers of one host group, supervised.
+
+For the host group (``--host``, default ``localhost``) it runs the tools whose ``host_name`` is that
+group plus every internal tool (``host_name = "ToolBus"``):
+
+- one prefork worker of its own for each tool with ``restart_frequency = N > 0``, consuming only
+  that tool's queue with ``--max-tasks-per-child N``: each child serves at most N tasks and is then
+  replaced together with its tool instance (restart by recycling);
+- one shared worker for the tools with ``restart_frequency = 0``.
+
+It stays in the foreground, restarts a worker that dies (saying why), and on SIGTERM or SIGINT
+stops every worker -- and with them every tool process -- before it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
+
+log = logging.getLogger("worker.launcher")
+
+#: How long stopping workers get to finish their current calls before they are killed.
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    name: str
+    tools: tuple[str, ...]
+    queues: tuple[str, ...]
+    max_tasks_per_child: int | None
+    concurrency: int
+
+
+def plan(tools: dict[str, ToolDescriptor], group: str, concurrency: int | None = None) -> list[WorkerSpec]:
+    """The workers a host group runs."""
+    mine = [t for t in tools.values() if t.internal or t.host_name == group]
+    specs = [
+        WorkerSpec(f"toolbus-{t.name}", (t.name,), (t.queue,), t.restart_frequency, 1)
+        for t in mine
+        if t.restart_frequency > 0
+    ]
+    shared = [t for t in mine if t.restart_frequency == 0]
+    if shared:
+        specs.append(
+            WorkerSpec(
+                "toolbus-shared",
+                tuple(t.name for t in shared),
+                tuple(t.queue for t in shared),
+                None,
+                concurrency or os.cpu_count() or 2,
+            )
+        )
+    return specs
+
+
+def command(spec: WorkerSpec, group: str, loglevel: str = "INFO") -> list[str]:
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "--pool", "prefork", "--concurrency", str(spec.concurrency),
+        "--queues", ",".join(spec.queues), "--hostname", f"{spec.name}-{group}@%h",
+        "--loglevel", loglevel, "--task-events", "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+    if spec.max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(spec.max_tasks_per_child)]
+    return argv
+
+
+def list_tools(out: TextIO) -> int:
+    tools = load_tools(default_tools_path(), check_classes=False)
+    out.write(f"tools of {default_tools_path()}:\n")
+    for t in tools.values():
+        where = "every host group (internal)" if t.internal else f"host group {t.host_name}"
+        restart = (
+            f"restart every {t.restart_frequency} requests" if t.restart_frequency else "never restarted"
+        )
+        out.write(f"  {t.name:<16} queue {t.queue:<24} {where}; {restart}\n")
+        for sig in t.function_signatures:
+            out.write(f"      {sig}\n")
+    return 0
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec, argv: list[str], env: dict[str, str]):
+        self.spec = spec
+        self.argv = argv
+        self.env = env
+        self.failures = 0  # quick deaths in a row, for the restart backoff
+        self.start()
+
+    def start(self) -> None:
+        # Its own session: Ctrl-C in a terminal reaches only the launcher, which stops workers in order.
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.started = time.monotonic()
+        limit = self.spec.max_tasks_per_child
+        print(
+            f"started {self.spec.name} (pid {self.process.pid}): tools {', '.join(self.spec.tools)}; "
+            f"queues {', '.join(self.spec.queues)}; "
+            + (
+                f"recycled every {limit} tasks"
+                if limit
+                else f"{self.spec.concurrency} children, never recycled"
+            ),
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # warm shutdown: current calls finish
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> int:
+    tools = load_tools(default_tools_path())
+    specs = plan(tools, group, concurrency)
+    if not specs:
+        print(f"no tools for host group {group!r} in {default_tools_path()}", file=sys.stderr)
+        return 1
+    env = {**os.environ, "TOOLCALL_HOST_GROUP": group, "TOOLCALL_TOOLS": str(default_tools_path())}
+    stopping = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"host group {group}: {len(specs)} worker(s) for {default_tools_path()}", flush=True)
+    workers = [_Worker(spec, command(spec, group, loglevel), env) for spec in specs]
+    try:
+        while not stopping.is_set():
+            for w in workers:
+                code = w.process.poll()
+                if code is None:
+                    continue
+                quick = time.monotonic() - w.started < 10
+                w.failures = w.failures + 1 if quick else 0
+                delay = min(2 ** (w.failures - 1), 30) if quick else 0
+                log.error("worker %s (pid %s) died: %s; restarting in %d s", w.spec.name, w.process.pid,
+                          _exit_reason(code), delay)  # fmt: skip
+                if stopping.wait(delay):
+                    break
+                w.start()
+            stopping.wait(0.5)
+    finally:
+        name = signal.Signals(received[0]).name if received else "exit"
+        print(f"{name}: stopping {len(workers)} worker(s)", flush=True)
+        for w in workers:
+            w.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for w in workers:
+            try:
+                w.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop within %.0f s; killing it", w.spec.name, STOP_TIMEOUT)
+            w.kill()  # the whole group: pool children that outlived their parent go too
+            w.process.wait()
+        print("stopped", flush=True)
+    return 0

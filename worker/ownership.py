@@ -1,0 +1,165 @@
+"""Per-process ownership of tool instances in worker children.
+
+A worker child creates the instance of a tool the first time a task of that tool runs in it, and
+owns it until the child ends. Instances are keyed by process id, so an instance is never used by
+a process it was inherited into across a fork (the prefork pool forks children from the parent).
+
+When the child ends, its instances are terminated: on Celery's ``worker_process_shutdown`` signal
+(sent in the child when the pool retires it, e.g. after ``--max-tasks-per-child``), at interpreter
+exit, and -- for a child killed outright -- external tools die with it through the parent-death
+signal (see ``toolbus.instances``), while the instance key of the event channel expires.
+
+For each instance with event signatures, one background thread of the child publishes the tool's
+events to the event channel as they come, also between tasks, and passes acks back to the tool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from celery import signals
+
+from toolbus.aterm import parse
+from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
+from toolbus.errors import ToolBusError
+from toolbus.instances import ToolInstance, start_tool
+from worker.events import EventChannel, redis_client
+
+log = logging.getLogger("worker.ownership")
+
+_ANY = parse("E?")
+
+_lock = threading.Lock()
+_owner_pid: int | None = None
+_instances: dict[str, ToolInstance] = {}
+_relays: dict[str, _EventRelay] = {}
+_descriptors: dict[str, ToolDescriptor] | None = None
+
+
+def descriptors() -> dict[str, ToolDescriptor]:
+    """The tools of ``TOOLCALL_TOOLS``, loaded once per process (classes checked)."""
+    global _descriptors
+    if _descriptors is None:
+        _descriptors = load_tools(default_tools_path())
+    return _descriptors
+
+
+def instance(tool: str) -> ToolInstance:
+    """This process's instance of ``tool``, started on first use."""
+    global _owner_pid
+    with _lock:
+        if _owner_pid != os.getpid():
+            # Inherited across a fork: the parent's instances are not ours (and not to be stopped).
+            _instances.clear()
+            _relays.clear()
+            _owner_pid = os.getpid()
+        inst = _instances.get(tool)
+        if inst is None:
+            descriptor = descriptors().get(tool)
+            if descriptor is None:
+                raise ToolBusError(f"no tool {tool!r} in {default_tools_path()}")
+            inst = _instances[tool] = start_tool(descriptor)
+            if descriptor.signatures.events:
+                _relays[tool] = _EventRelay(inst)
+        return inst
+
+
+def instance_name(inst: ToolInstance) -> str:
+    """The name under which the running tool of an instance is known on the event channel."""
+    return f"{socket.gethostname()}:{os.getpid()}:{inst.name}:{inst.tool_id}"
+
+
+def shutdown() -> None:
+    """Terminate this process's instances (idempotent)."""
+    with _lock:
+        if _owner_pid != os.getpid():
+            return
+        relays = list(_relays.values())
+        instances = list(_instances.values())
+        _relays.clear()
+        _instances.clear()
+    for relay in relays:
+        relay.stop()
+    for inst in instances:
+        try:
+            inst.terminate("worker", "worker process ends")
+        except Exception:
+            log.exception("terminating tool %s failed", inst.name)
+
+
+@signals.worker_process_shutdown.connect
+def _on_process_shutdown(**_):
+    shutdown()
+
+
+atexit.register(shutdown)
+
+
+class _EventRelay:
+    """Publishes an instance's events and delivers the acks that come back for them."""
+
+    def __init__(self, inst: ToolInstance):
+        self.inst = inst
+        self.channel = EventChannel(redis_client())
+        self._stop = threading.Event()
+        self._published: str | None = None  # instance name on the channel
+        self._publisher = threading.Thread(target=self._publish_loop, name=f"events-{inst.name}", daemon=True)
+        self._acker = threading.Thread(target=self._ack_loop, name=f"acks-{inst.name}", daemon=True)
+        self._publisher.start()
+        self._acker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._published:
+            self.channel.gone(self._published)
+
+    def _current(self) -> str | None:
+        """Keep the channel's view of the running tool up to date; returns its name if alive."""
+        name = instance_name(self.inst) if self.inst.alive else None
+        if name != self._published and self._published is not None:
+            self.channel.gone(self._published)  # recycled, restarted or crashed
+        self._published = name
+        if name is not None:
+            self.channel.alive(name)
+        return name
+
+    def _publish_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                name = self._current()
+                # The event's id on the channel is also its transaction id in the instance.
+                event_id = uuid.uuid4().hex
+                taken = self.inst.wait_for_event(_ANY, timeout=1.0, id=event_id)
+                if taken is None or self._stop.is_set():
+                    continue
+                self.channel.publish(
+                    self.inst.name, name or instance_name(self.inst), taken[1]["E"], event_id
+                )
+            except ToolBusError as e:
+                log.error("tool %s: %s", self.inst.name, e)  # e.g. an event that fits no signature
+            except Exception:
+                log.exception("tool %s: publishing events failed", self.inst.name)
+                self._stop.wait(1.0)
+
+    def _ack_loop(self) -> None:
+        while not self._stop.is_set():
+            name = self._published
+            if name is None:
+                self._stop.wait(0.2)
+                continue
+            try:
+                ack = self.channel.next_ack(name, timeout=1.0)
+                if ack is None:
+                    continue
+                event_id, result = ack
+                self.inst.snd_ack_to_tool(event_id, result)
+            except ToolBusError as e:
+                log.error("tool %s: ack not delivered: %s", self.inst.name, e)
+            except Exception:
+                log.exception("tool %s: delivering acks failed", self.inst.name)
+                self._stop.wait(1.0)
