@@ -27,6 +27,7 @@ examples/tools/c/strtool: examples/tools/c/strtool.c
 
 bench: $(STAMP)
 	$(PY) bench/aterm_bench.py
+	$(PY) bench/eval_vs_celery.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

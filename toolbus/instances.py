@@ -29,6 +29,7 @@ import ctypes
 import itertools
 import logging
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -88,6 +89,7 @@ class _Offer:
     signature: Signature
     generation: int
     symbol: tuple
+    tool_id: int | None  # the running tool that emitted it
     taken_by: Any = None
 
 
@@ -273,6 +275,15 @@ class ToolInstance:
     def alive(self) -> bool:
         return self._alive
 
+    def emitter_of(self, id: Any) -> int | None:
+        """The ``tool_id`` of the running tool that emitted the event taken under ``id``.
+
+        The tool may have been replaced since it was taken: whoever passes the event on (the worker's
+        event channel) must name the tool that can receive its ack, not the one running now.
+        """
+        with self._cond:
+            return self._transaction(id, "event").offer.tool_id
+
     @property
     def offered_events(self) -> list[ATerm]:
         """Events offered and not yet taken, in arrival order."""
@@ -410,7 +421,7 @@ class ToolInstance:
                 self._held.setdefault(symbol, deque()).append((event, sig))
                 return
             self._unacked.add(symbol)
-            self._offers.append(_Offer(event, sig, generation, symbol))
+            self._offers.append(_Offer(event, sig, generation, symbol, self.tool_id))
             self._cond.notify_all()
 
     def _release(self, symbol: tuple) -> None:
@@ -419,7 +430,7 @@ class ToolInstance:
         if held:
             event, sig = held.popleft()
             self._unacked.add(symbol)
-            self._offers.append(_Offer(event, sig, self._generation, symbol))
+            self._offers.append(_Offer(event, sig, self._generation, symbol, self.tool_id))
             self._cond.notify_all()
 
     def _new_generation(self) -> None:
@@ -516,14 +527,17 @@ class _BusHandle:
 class InternalTool(ToolInstance):
     """A Python object inside this process, called by reflection.
 
-    A call runs in the caller's thread; with a timeout it runs in a thread of its own, so that an
-    overrunning call can be abandoned (the object is discarded and a fresh one serves the next call).
+    A call runs in the caller's thread; with a timeout it runs on the tool's call thread, so that an
+    overrunning call can be abandoned: the object and its call thread are discarded (the thread is
+    left to finish on its own) and a fresh object with a fresh thread serves the next call. One
+    long-lived thread rather than one per call: starting a thread costs more than a whole call.
     """
 
     def __init__(self, descriptor: ToolDescriptor):
         super().__init__(descriptor)
         self._class = descriptor.tool_class()
         self._object: Any = None
+        self._calls: queue.SimpleQueue | None = None  # jobs of the current call thread
 
     def _launch(self, generation: int) -> None:
         try:
@@ -536,6 +550,9 @@ class InternalTool(ToolInstance):
 
     def _shutdown(self, msg: str, graceful: bool) -> None:
         obj, self._object = self._object, None
+        calls, self._calls = self._calls, None
+        if calls is not None:
+            calls.put(None)  # the call thread ends after its current call, if it ever returns
         stop = getattr(obj, "rec_terminate", None)
         if graceful and callable(stop):
             try:
@@ -547,10 +564,17 @@ class InternalTool(ToolInstance):
         obj = self._object
         if txn.deadline is None:
             self._invoke(obj, txn, generation)
-        else:
+            return
+        if self._calls is None:
+            self._calls = queue.SimpleQueue()
             threading.Thread(
-                target=self._invoke, args=(obj, txn, generation), name=f"toolbus-{self.name}", daemon=True
+                target=self._call_thread, args=(self._calls,), name=f"toolbus-{self.name}", daemon=True
             ).start()
+        self._calls.put((obj, txn, generation))
+
+    def _call_thread(self, calls: queue.SimpleQueue) -> None:
+        while (job := calls.get()) is not None:
+            self._invoke(*job)
 
     def _invoke(self, obj: Any, txn: _Transaction, generation: int) -> None:
         sig = txn.signature

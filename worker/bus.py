@@ -62,7 +62,10 @@ class Bus:
     def _send(self, task: str, tool: str, args: dict, timeout: float | None):
         options: dict[str, Any] = {"queue": self._tool(tool).queue}
         if timeout is not None:
-            options["expires"] = timeout  # still queued at the deadline: dropped, not run late
+            # No Celery ``expires``: the task carries the deadline and refuses to start a call that
+            # is still queued at it (ToolTimeout, "... was not run"), so nothing runs late either
+            # way, while ``expires`` cost every task an ISO date to build, parse and check (~7% of
+            # a trivial eval's round trip; docs/worker-performance.md).
             options["time_limit"] = timeout + HARD_LIMIT_MARGIN
         return self.app.send_task(task, kwargs={"tool": tool, **args}, **options)
 

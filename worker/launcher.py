@@ -157,6 +157,9 @@ def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> i
                 code = w.process.poll()
                 if code is None:
                     continue
+                # Its pool children die with it (Celery arms their parent-death signal), and their
+                # tools with them; anything of its process group that is still there goes now.
+                w.kill()
                 quick = time.monotonic() - w.started < 10
                 w.failures = w.failures + 1 if quick else 0
                 delay = min(2 ** (w.failures - 1), 30) if quick else 0

@@ -11,6 +11,9 @@ signal (see ``toolbus.instances``), while the instance key of the event channel 
 
 For each instance with event signatures, one background thread of the child publishes the tool's
 events to the event channel as they come, also between tasks, and passes acks back to the tool.
+Each task also brings the channel's view of its instance up to date before it returns (``settle``),
+so that a caller who has just heard of a crash or of the instance's last request finds acks for the
+old tool refused.
 """
 
 from __future__ import annotations
@@ -69,9 +72,23 @@ def instance(tool: str) -> ToolInstance:
         return inst
 
 
-def instance_name(inst: ToolInstance) -> str:
-    """The name under which the running tool of an instance is known on the event channel."""
-    return f"{socket.gethostname()}:{os.getpid()}:{inst.name}:{inst.tool_id}"
+def instance_name(inst: ToolInstance, tool_id: int | None = None) -> str:
+    """The name under which a running tool of an instance (by default the one running now) is known
+    on the event channel."""
+    return f"{socket.gethostname()}:{os.getpid()}:{inst.name}:{inst.tool_id if tool_id is None else tool_id}"
+
+
+def settle(tool: str) -> None:
+    """Bring the event channel's view of this process's instance of ``tool`` up to date now.
+
+    The tasks call it after every request, before the caller hears how it went: a caller told that
+    the tool crashed, or that its instance served its last request, may ack an event of that tool at
+    once, and the ack must be refused then, not a second later when the relay next looks.
+    """
+    with _lock:
+        relay = _relays.get(tool) if _owner_pid == os.getpid() else None
+    if relay is not None:
+        relay.settle()
 
 
 def shutdown() -> None:
@@ -107,40 +124,68 @@ class _EventRelay:
         self.inst = inst
         self.channel = EventChannel(redis_client())
         self._stop = threading.Event()
+        # The publisher, the acker and the tasks (settle) all update the channel's view.
+        self._lock = threading.Lock()
         self._published: str | None = None  # instance name on the channel
+        self._retired: str | None = None  # a running tool that has served its last request
         self._publisher = threading.Thread(target=self._publish_loop, name=f"events-{inst.name}", daemon=True)
         self._acker = threading.Thread(target=self._ack_loop, name=f"acks-{inst.name}", daemon=True)
         self._publisher.start()
         self._acker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._published:
-            self.channel.gone(self._published)
+        with self._lock:
+            self._stop.set()
+            if self._published:
+                self.channel.gone(self._published)
+            self._published = None
+
+    def settle(self) -> None:
+        """After a request: a tool that has served ``restart_frequency`` requests is retired now.
+
+        It is replaced before it serves again -- with its worker child, which Celery recycles after
+        this task, or by the instance before the next request -- so acks for its events could never
+        be delivered; they are refused from now on.
+        """
+        limit = self.inst.descriptor.restart_frequency
+        with self._lock:
+            if limit and self.inst.alive and self.inst.requests >= limit:
+                self._retired = instance_name(self.inst)
+        self._current()
 
     def _current(self) -> str | None:
         """Keep the channel's view of the running tool up to date; returns its name if alive."""
-        name = instance_name(self.inst) if self.inst.alive else None
-        if name != self._published and self._published is not None:
-            self.channel.gone(self._published)  # recycled, restarted or crashed
-        self._published = name
-        if name is not None:
-            self.channel.alive(name)
-        return name
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            name = instance_name(self.inst) if self.inst.alive else None
+            if name is not None and name == self._retired:
+                name = None
+            if name != self._published and self._published is not None:
+                self.channel.gone(self._published)  # recycled, restarted or crashed
+            self._published = name
+            if name is not None:
+                self.channel.alive(name)
+            return name
 
     def _publish_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                name = self._current()
+                self._current()
                 # The event's id on the channel is also its transaction id in the instance.
                 event_id = uuid.uuid4().hex
                 taken = self.inst.wait_for_event(_ANY, timeout=1.0, id=event_id)
                 if taken is None or self._stop.is_set():
                     continue
-                self.channel.publish(
-                    self.inst.name, name or instance_name(self.inst), taken[1]["E"], event_id
-                )
+                # The tool may have been replaced while this loop waited: the event goes out under
+                # the name of the tool that emitted it, and a fresh tool is announced before its
+                # first event is (an event of an instance not known to be alive leaves the offer).
+                emitter = instance_name(self.inst, self.inst.emitter_of(event_id))
+                self._current()
+                self.channel.publish(self.inst.name, emitter, taken[1]["E"], event_id)
             except ToolBusError as e:
+                if self._stop.is_set():
+                    return  # the instance was terminated with its child
                 log.error("tool %s: %s", self.inst.name, e)  # e.g. an event that fits no signature
             except Exception:
                 log.exception("tool %s: publishing events failed", self.inst.name)
@@ -159,6 +204,8 @@ class _EventRelay:
                 event_id, result = ack
                 self.inst.snd_ack_to_tool(event_id, result)
             except ToolBusError as e:
+                if self._stop.is_set():
+                    return
                 log.error("tool %s: ack not delivered: %s", self.inst.name, e)
             except Exception:
                 log.exception("tool %s: delivering acks failed", self.inst.name)

@@ -30,7 +30,10 @@ def eval_call(tool: str, call: str, deadline: float | None = None) -> str:
     """Evaluate ``call`` on this process's instance of ``tool``; returns the value as text."""
     term = parse(call)
     ownership.descriptors()[tool].signatures.check_eval(term)  # the client checked too
-    return str(ownership.instance(tool).eval(term, timeout=_remaining(tool, call, deadline)))
+    try:
+        return str(ownership.instance(tool).eval(term, timeout=_remaining(tool, call, deadline)))
+    finally:
+        ownership.settle(tool)
 
 
 @app.task(name="toolbus.do")
@@ -39,7 +42,10 @@ def do_call(tool: str, call: str, deadline: float | None = None) -> None:
     logged and shows as a failed task)."""
     term = parse(call)
     ownership.descriptors()[tool].signatures.check_do(term)
-    ownership.instance(tool).do(term, wait=True, timeout=_remaining(tool, call, deadline))
+    try:
+        ownership.instance(tool).do(term, wait=True, timeout=_remaining(tool, call, deadline))
+    finally:
+        ownership.settle(tool)
 
 
 @app.task(name="toolbus.eval_many")
@@ -57,4 +63,5 @@ def eval_many(tool: str, calls: list[str], deadline: float | None = None) -> lis
             results.append({"error": type(e).__name__, "args": list(e.args)})
         except ValueError as e:  # a ParseError: the client parsed it, so only a forged message
             results.append({"error": "ToolBusError", "args": [f"tool {tool}: {e}"]})
+    ownership.settle(tool)
     return results

@@ -1,0 +1,24 @@
+"""The baseline of bench/eval_vs_celery.py: a bare Celery task, configured like the ToolBus workers.
+
+    celery -A bench.bare_task worker -Q bench.bare --concurrency 2 --pool prefork
+
+Same settings (``celeryconfig.settings()``: broker, result backend, serializers, prefetch, events,
+acks, result_extended ...) as the app of the ToolBus workers; only the task differs: ``echo(x) -> x``
+on its own queue ``bench.bare``, without the signature checks, ATerm text or tool instance.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+import celeryconfig
+
+QUEUE = "bench.bare"
+
+app = Celery("bench-bare")
+app.conf.update(celeryconfig.settings())
+
+
+@app.task(name="bench.echo", queue=QUEUE)
+def echo(x):
+    return x
