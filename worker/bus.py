@@ -30,9 +30,10 @@ from worker.app import make_app
 from worker.events import Event, EventChannel, redis_client
 
 DEFAULT_TIMEOUT = 30.0
-#: Extra seconds the worker's hard time limit allows past the caller's deadline: the tool is
-#: killed at the deadline by the instance itself; the hard limit is the last resort.
-HARD_LIMIT_MARGIN = 10.0
+#: Extra seconds the worker's hard time limit allows past the caller's deadline. An external tool
+#: is killed at the deadline by its instance; an internal one runs inline in the worker child, and
+#: this limit kills the child (and the tool with it) if the call overruns.
+HARD_LIMIT_MARGIN = 2.0
 
 __all__ = ["Bus", "Event"]
 

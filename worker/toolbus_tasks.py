@@ -17,12 +17,19 @@ from worker.app import app
 
 
 def _remaining(tool: str, call: str, deadline: float | None) -> float | None:
+    """What is left of the caller's timeout for the tool.
+
+    An internal tool gets no timeout of its own: it runs inline in this child, and the task's hard
+    time limit (set by the caller just past its deadline) kills the child -- and the tool with it --
+    if it overruns. Handing each call to a separate thread that could be abandoned would cost more
+    than the call (docs/worker-performance.md).
+    """
     if deadline is None:
         return None
     left = deadline - time.time()
     if left <= 0:
         raise ToolTimeout(f"tool {tool}: {call} waited in the queue past its timeout and was not run")
-    return left
+    return None if ownership.descriptors()[tool].internal else left
 
 
 @app.task(name="toolbus.eval")
