@@ -13,10 +13,10 @@ import celeryconfig
 TASK_MODULES = ["worker.toolbus_tasks"]
 
 
-def make_app(name: str = "toolcall") -> Celery:
-    """A Celery app with the settings of the environment as it is now."""
+def make_app(name: str = "toolcall", **overrides) -> Celery:
+    """A Celery app with the settings of the environment as it is now, and ``overrides`` on top."""
     app = Celery(name, set_as_current=False, include=TASK_MODULES)
-    app.conf.update(celeryconfig.settings())
+    app.conf.update({**celeryconfig.settings(), **overrides})
     return app
 
 

@@ -1,0 +1,195 @@
+"""The portal's domain under test: fresh databases (SQLite and PostgreSQL), Redis, apps, rows.
+
+Databases: every test that asks for ``database`` runs twice, on a SQLite file of its own and on a
+PostgreSQL schema of its own, each migrated with ``Database.upgrade()``. PostgreSQL gets one
+database per test session (``toolcall_test_<random>``, created through the ``test`` database and
+dropped at the end) and one schema per test, so runs and tests never meet.
+
+Redis: database 4, flushed before and after each test.
+
+Without PostgreSQL (or Redis) the tests that need it are skipped on a workstation and fail in CI
+(``CI=true``), where both are part of the environment.
+
+The fixtures are registered under their ``name``; a test module imports the ``*_fixture``
+functions it uses and asks for them by that name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from webapp import create_app
+from webapp.db import Database
+from webapp.models import Client, Tool, User
+
+#: Where the test databases are made: any database of the server (trust auth, or a password in the URL).
+POSTGRES_URL = os.environ.get("TOOLCALL_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1/test"
+#: The Redis database of these tests (the worker tests use 8-15).
+REDIS_URL = os.environ.get("TOOLCALL_TEST_REDIS_URL") or "redis://127.0.0.1:6379/4"
+BACKENDS = ["sqlite", "postgresql"]
+#: Settings read from the environment that would make a test depend on the shell it runs in.
+PORTAL_ENVIRONMENT = [
+    "SECRET_KEY",
+    "SECRET_KEY_FALLBACKS",
+    "TOOLCALL_PRODUCTION",
+    "TOOLCALL_INSTANCE",
+    "DATABASE_URL",
+    "TOOLCALL_TOKEN_TIMEOUT_SECS",
+    "TOOLCALL_SWEEP_SECS",
+    "TOOLCALL_REQUEUE_GRACE_SECS",
+    "TOOLCALL_FETCH_GIVE_UP_SECS",
+]
+
+
+def unavailable(message: str) -> None:
+    """Skip on a workstation; fail in CI, where every service is part of the environment."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: it is required)", pytrace=False)
+    pytest.skip(message)
+
+
+# ---- databases --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", name="postgres_url")
+def postgres_url_fixture() -> Iterator[str]:
+    """The URL of a database made for this test session, dropped at its end."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    name = f"toolcall_test_{secrets.token_hex(6)}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except OperationalError as e:
+        admin.dispose()
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {e.orig}")
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS, name="database_url")
+def database_url_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the test's own: a SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'toolcall.sqlite3'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(name="database")
+def database_fixture(database_url: str) -> Iterator[Database]:
+    """A migrated database of the test's own (runs on each backend)."""
+    database = Database(database_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def count(session: Session, model: type) -> int:
+    return session.scalar(select(func.count()).select_from(model))
+
+
+# ---- rows -------------------------------------------------------------------------------------------
+
+
+def add_client(session: Session, name: str = "vendor") -> Client:
+    client = Client(
+        name=name,
+        receive_start_token_url=f"https://{name}.example.org/start/",
+        receive_result_token_url=f"https://{name}.example.org/result/",
+    )
+    session.add(client)
+    session.flush()
+    return client
+
+
+def add_tool(session: Session, client: Client, slug: str = "excel") -> Tool:
+    tool = Tool(client=client, slug=slug, name=slug.title())
+    session.add(tool)
+    session.flush()
+    return tool
+
+
+def add_user(session: Session, username: str = "candidate", password: str | None = None) -> User:
+    """A user; without ``password`` one that cannot log in (hashing takes time the tests need not spend)."""
+    user = User(username=username, password_hash="!")
+    if password is not None:
+        user.set_password(password)
+    session.add(user)
+    session.flush()
+    return user
+
+
+# ---- Redis ------------------------------------------------------------------------------------------
+
+
+def redis_client() -> redis.Redis:
+    """A client of its own on the tests' Redis database."""
+    return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=10)
+
+
+@pytest.fixture(name="redis_db")
+def redis_db_fixture() -> Iterator[redis.Redis]:
+    """The tests' Redis database, empty, flushed again afterwards."""
+    client = redis_client()
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        client.close()
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {e}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+# ---- the app ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="portal_environment")
+def portal_environment_fixture(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The portal's settings with none of them taken from the shell that runs the tests."""
+    for name in PORTAL_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture(name="app")
+def app_fixture(tmp_path: Path, portal_environment: pytest.MonkeyPatch) -> Iterator[Flask]:
+    """A portal on a SQLite file of its own, with its own instance folder; schema not created yet."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": tmp_path / "instance",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
+            "REDIS_URL": REDIS_URL,
+            "SECRET_KEY": "a test key",
+        }
+    )
+    yield app
+    app.extensions["db"].dispose()

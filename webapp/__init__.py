@@ -1,0 +1,43 @@
+"""The toolcall portal: users start exams hosted by vendors (API v2).
+
+``create_app(config=None)`` builds the Flask app: settings from the environment (``webapp.config``)
+with ``config`` on top, the database, and the CLI commands. Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import redis
+from flask import Flask
+
+from webapp import api, cli
+from webapp.config import settings
+from webapp.db import Database, close_session
+from webapp.tokens import StartTokens
+from worker.app import make_app
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    config = dict(config or {})
+    instance = Path(config.get("INSTANCE_PATH") or os.environ.get("TOOLCALL_INSTANCE") or app.instance_path)
+    app.instance_path = str(instance)
+    # ``config`` goes in with the environment, not after it: a config that sets TOOLCALL_PRODUCTION
+    # must meet production's rules (a required SECRET_KEY, secure cookies).
+    app.config.update(settings(instance, config))
+    app.extensions["db"] = Database(app.config["DATABASE_URL"])
+    app.teardown_appcontext(close_session)
+    app.extensions["start_tokens"] = StartTokens(
+        redis.Redis.from_url(app.config["REDIS_URL"]), app.config["TOOLCALL_TOKEN_TIMEOUT_SECS"]
+    )
+    # Only to queue tasks by name; the tasks themselves live in worker/.
+    app.extensions["celery"] = make_app(
+        "toolcall-web",
+        broker_url=app.config["CELERY_BROKER_URL"],
+        result_backend=app.config["CELERY_RESULT_BACKEND"],
+    )
+    app.register_blueprint(api.bp)
+    cli.register(app)
+    return app

@@ -1,0 +1,219 @@
+"""The vendor API (v2, wire-compatible with the original): discovery, start data, result tokens.
+
+    GET /.api/toolcall/v2/                         discovery
+    GET /fetch-token/?access_token=T               start data; the start token is used up
+    GET /result/?access_token=R&client=NAME        a result is ready: the portal will fetch it
+
+A vendor-facing answer is never a 500: every error is the envelope of ``webapp.errors``.
+A web request never waits on a vendor: ``/result/`` records the owed fetch and queues it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+
+from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from webapp import lifecycle
+from webapp.db import get_session
+from webapp.errors import api_error, wants_html
+from webapp.lifecycle import Status
+from webapp.models import Client, ResultFetch, ToolCall, utcnow
+from webapp.signing import sign_system
+from webapp.tokens import StartTokens
+
+log = logging.getLogger("webapp.api")
+bp = Blueprint("api", __name__)
+
+#: A result token R: 1-255 printable ASCII characters (spec §2).
+RESULT_TOKEN = re.compile(r"[\x20-\x7e]{1,255}")
+#: Start tokens are ours: URL-safe base64 of 256 bits.
+START_TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")
+#: How far a client's clock may be from ours in X-Toolcall-Auth.
+AUTH_WINDOW_SECS = 300
+FETCH_TASK = "toolcall.fetch_result"
+FETCH_QUEUE = "callbacks"
+
+
+def request_token() -> str | None:
+    """The access token: query parameter, else X-Access-Token, else ``Authorization: Token ...``."""
+    token = request.args.get("access_token")
+    if token:
+        return token
+    token = request.headers.get("X-Access-Token")
+    if token:
+        return token
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "token" and value.strip():
+        value = value.strip()
+        match = re.fullmatch(r'token="([^"]*)"', value)
+        return match.group(1) if match else value
+    return None
+
+
+def start_tokens() -> StartTokens:
+    return current_app.extensions["start_tokens"]
+
+
+@bp.get("/.api/toolcall/v2/")
+def discovery():
+    root = request.url_root
+    return jsonify(
+        {
+            "api": {
+                "metadata": {"name": "toolcall", "url": "/.api/toolcall/v2/", "active": True, "version": 2},
+                "urls": {
+                    "root-url": root,
+                    "start_data": {
+                        "url": "fetch-token/",
+                        "description": "GET with access_token=<start token>: the start data of an attempt "
+                        "(the token is used up).",
+                    },
+                    "result_token": {
+                        "url": "result/",
+                        "description": "GET with access_token=<result token>&client=<client name>: "
+                        "the portal fetches the result from the client's result URL.",
+                    },
+                },
+            }
+        }
+    )
+
+
+def client_auth_ok(client: Client) -> bool:
+    """``X-Toolcall-Auth: <client> <unix seconds> <hex HMAC-SHA256(secret, "ts\\nMETHOD\\npath?query")>``."""
+    parts = request.headers.get("X-Toolcall-Auth", "").split(" ")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    name, stamp, signature = parts
+    if not hmac.compare_digest(name.encode(), client.name.encode()):
+        return False
+    if abs(time.time() - int(stamp)) > AUTH_WINDOW_SECS:
+        return False
+    target = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
+    message = f"{stamp}\n{request.method}\n{target}".encode()
+    expected = hmac.new(client.secret.encode(), message, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.lower())
+
+
+@bp.get("/fetch-token/")
+def fetch_token():
+    token = request_token()
+    if not token:
+        return api_error("missing-token", "no access token given (query parameter access_token)")
+    if not START_TOKEN.fullmatch(token):
+        return api_error("token-invalid", "this is not a start token", token)
+    session = get_session()
+    tokens = start_tokens()
+    # The client is checked before the token is used up: a leaked token cannot be burnt by
+    # someone without the client's secret.
+    peeked = tokens.peek(token)
+    toolcall = session.get(ToolCall, peeked) if peeked is not None else None
+    if toolcall is None:
+        return api_error("token-expired", "the start token is unknown, already used or expired", token)
+    client = toolcall.tool.client
+    if client.secret and not client_auth_ok(client):
+        return api_error(
+            "client-auth-failed", f"client {client.name} must authenticate (X-Toolcall-Auth)", token
+        )
+    if tokens.consume(token) != toolcall.id:
+        return api_error("token-expired", "the start token is unknown, already used or expired", token)
+    try:
+        lifecycle.advance(session, toolcall, Status.START_DATA_SENT, f"start data fetched by {client.name}")
+        session.commit()
+    except (lifecycle.IllegalTransition, lifecycle.ConcurrentTransition) as e:
+        session.rollback()
+        log.warning("fetch-token for toolcall %s: %s", toolcall.id, e)
+        return api_error("token-expired", "this attempt is no longer waiting for its start data", token)
+    user = toolcall.user
+    return jsonify(
+        {
+            "type": "person",
+            "msgid": str(uuid.uuid4()),
+            "token": token,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "data": {
+                "firstName": user.first_name,
+                "lastName": user.last_name,
+                "email": user.email,
+                "exam": toolcall.tool.slug,
+                "persnr": user.persnr,
+                "extra_time": user.extra_time,
+                "exam_kind": "start",
+                "system": sign_system(toolcall.id, current_app.config["SECRET_KEY"]),
+            },
+        }
+    )
+
+
+@bp.get("/result/")
+def result():
+    name = request.args.get("client")
+    if not name:
+        return api_error("missing-client", "no client given (query parameter client)")
+    session = get_session()
+    client = session.scalar(select(Client).where(Client.name == name))
+    if client is None:
+        return api_error("unknown-client", f"no client named {name!r}")
+    token = request_token()
+    if not token:
+        return api_error("missing-token", "no result token given (query parameter access_token)")
+    if not RESULT_TOKEN.fullmatch(token):
+        return api_error("token-invalid", "a result token is 1-255 printable ASCII characters", token)
+    fetch, owed_now = owe_fetch(session, client, token)
+    if owed_now:
+        queue_fetch(fetch.id)
+    if wants_html():
+        return render_template(
+            "result_status.html", fetch=fetch, refresh_url=url_for("api.result", **request.args)
+        )
+    return jsonify({"type": "ok", "token": token, "data": {}})
+
+
+def owe_fetch(session, client: Client, token: str) -> tuple[ResultFetch, bool]:
+    """Record that a fetch of (client, token) is owed; True when it became owed now.
+
+    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying
+    "try again", and it is owed again."""
+    fetch = session.scalar(
+        select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
+    )
+    if fetch is None:
+        fetch = ResultFetch(client_id=client.id, token=token, state="owed", next_attempt_at=utcnow())
+        session.add(fetch)
+        try:
+            session.commit()
+        except IntegrityError:  # the same report arrived twice at once: the other one recorded it
+            session.rollback()
+            fetch = session.scalar(
+                select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
+            )
+            return fetch, False
+        log.info("result fetch %s owed to client %s", fetch.id, client.name)
+        return fetch, True
+    if fetch.state == "failed":
+        fetch.state = "owed"
+        fetch.reported_at = utcnow()
+        fetch.next_attempt_at = utcnow()
+        fetch.last_error = f"reported again after failing: {fetch.last_error}"
+        session.commit()
+        log.info("result fetch %s owed again to client %s", fetch.id, client.name)
+        return fetch, True
+    return fetch, False
+
+
+def queue_fetch(fetch_id: int) -> None:
+    """Trigger the fetch task. The database is the source of truth: if the broker is down, the
+    sweep queues the fetch later, so the vendor still gets its 200."""
+    try:
+        current_app.extensions["celery"].send_task(FETCH_TASK, args=[fetch_id], queue=FETCH_QUEUE)
+    except Exception as e:  # the broker's failure must not lose the report or fail the vendor
+        log.error("could not queue result fetch %s (the sweep will): %s", fetch_id, e)

@@ -1,0 +1,149 @@
+"""Flask CLI commands of the portal (names fixed by the API spec §8)::
+
+    flask --app webapp init-db
+    flask --app webapp load-demo
+    flask --app webapp users add NAME --password PW [--admin] [--first-name F] [--last-name L] [--email E] [--extra-time]
+    flask --app webapp clients add NAME --start-url URL --result-url URL [--secret S]
+    flask --app webapp tools add SLUG --client NAME --name TEXT [--description TEXT] [--deadline-minutes N] [--not-restartable]
+
+Each command says what it saved; an error says what is missing and how to add it.
+"""
+
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from webapp.models import Client, Tool, User
+
+#: Where the demo vendor (examples/vendor, the Procfile's `vendor` line) listens.
+DEMO_VENDOR = "http://127.0.0.1:5001"
+
+users = AppGroup("users", help="Manage users.")
+clients = AppGroup("clients", help="Manage clients (vendors).")
+tools = AppGroup("tools", help="Manage tools (exams).")
+
+
+def _db():
+    return current_app.extensions["db"]
+
+
+def save_user(session: Session, name: str, password: str, admin: bool = False, **fields) -> User:
+    """Create or update a user (by name)."""
+    user = session.scalar(select(User).where(User.username == name)) or User(username=name)
+    user.set_password(password)
+    user.is_admin = admin
+    for key, value in fields.items():
+        if value is not None:
+            setattr(user, key, value)
+    session.add(user)
+    return user
+
+
+def save_client(
+    session: Session, name: str, start_url: str, result_url: str, secret: str | None = None
+) -> Client:
+    client = session.scalar(select(Client).where(Client.name == name)) or Client(name=name)
+    client.receive_start_token_url = start_url
+    client.receive_result_token_url = result_url
+    client.secret = secret or None
+    session.add(client)
+    return client
+
+
+def save_tool(session: Session, slug: str, client: Client, name: str, description: str = "",
+              deadline_minutes: int = 240, restartable: bool = True) -> Tool:  # fmt: skip
+    tool = session.scalar(select(Tool).where(Tool.slug == slug)) or Tool(slug=slug)
+    tool.client = client
+    tool.name = name
+    tool.description = description
+    tool.deadline_minutes = deadline_minutes
+    tool.restartable = restartable
+    session.add(tool)
+    return tool
+
+
+# Commands outside an AppGroup get no app context of their own: ``flask`` pushes one, but a test
+# runner invoking ``app.cli`` does not.
+@click.command("init-db")
+@with_appcontext
+def init_db() -> None:
+    """Create or upgrade the schema (safe to run twice)."""
+    db = _db()
+    db.upgrade()
+    click.echo(f"database {db.engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@click.command("load-demo")
+@with_appcontext
+def load_demo() -> None:
+    """Demo data: admin/admin (operator), user/user, client "testclient" with tool "my-tool"."""
+    with _db().session() as session:
+        save_user(
+            session,
+            "admin",
+            "admin",
+            admin=True,
+            first_name="Ada",
+            last_name="Admin",
+            email="admin@example.org",
+        )
+        save_user(session, "user", "user", first_name="Uma", last_name="User", email="user@example.org")
+        client = save_client(session, "testclient", f"{DEMO_VENDOR}/start/", f"{DEMO_VENDOR}/result-data/")
+        save_tool(session, "my-tool", client, "My tool", "A short demo exam hosted by the demo vendor.")
+    click.echo("demo data loaded: users admin/admin and user/user, client testclient, tool my-tool")
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--password", required=True)
+@click.option("--admin", is_flag=True, help="may use the ops pages")
+@click.option("--first-name")
+@click.option("--last-name")
+@click.option("--email")
+@click.option("--extra-time", is_flag=True)
+def users_add(name, password, admin, first_name, last_name, email, extra_time) -> None:
+    """Add (or update) a user."""
+    with _db().session() as session:
+        save_user(session, name, password, admin, first_name=first_name, last_name=last_name, email=email,
+                  extra_time=extra_time)  # fmt: skip
+    click.echo(f"user {name} saved")
+
+
+@clients.command("add")
+@click.argument("name")
+@click.option("--start-url", required=True, help="where users are sent with their start token")
+@click.option("--result-url", required=True, help="where result data is fetched with a result token")
+@click.option("--secret", help="shared secret: client authentication and signed calls")
+def clients_add(name, start_url, result_url, secret) -> None:
+    """Add (or update) a client."""
+    with _db().session() as session:
+        save_client(session, name, start_url, result_url, secret)
+    click.echo(f"client {name} saved")
+
+
+@tools.command("add")
+@click.argument("slug")
+@click.option("--client", "client_name", required=True)
+@click.option("--name", required=True)
+@click.option("--description", default="")
+@click.option("--deadline-minutes", type=click.IntRange(min=1), default=240)
+@click.option("--not-restartable", is_flag=True)
+def tools_add(slug, client_name, name, description, deadline_minutes, not_restartable) -> None:
+    """Add (or update) a tool."""
+    with _db().session() as session:
+        client = session.scalar(select(Client).where(Client.name == client_name))
+        if client is None:
+            raise click.UsageError(
+                f"no client {client_name!r}; add it first with: clients add {client_name} ..."
+            )
+        save_tool(session, slug, client, name, description, deadline_minutes, not not_restartable)
+    click.echo(f"tool {slug} saved")
+
+
+def register(app: Flask) -> None:
+    for command in (init_db, load_demo, users, clients, tools):
+        app.cli.add_command(command)

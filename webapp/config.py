@@ -1,0 +1,126 @@
+"""Settings of the portal, from the environment, with a working default for every one on one machine.
+
+See the table in README.md ("Configuration"). ``settings(instance_path, overrides)`` is called by
+``create_app`` (``overrides`` being the app's own config, e.g. a test's) and by the Celery tasks,
+which have no Flask app.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import celeryconfig
+
+#: The development key's file in the instance folder.
+SECRET_KEY_FILE = "secret_key"
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or wrong; the message says which and what to do."""
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _seconds(name: str, default: float, kind: type = float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a number of seconds; set e.g. {name}={default}"
+        ) from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be more than 0 seconds; set e.g. {name}={default}")
+    return value
+
+
+def _secret_key(instance_path: Path, production: bool, configured: str | None = None) -> str:
+    key = configured or os.environ.get("SECRET_KEY")
+    if key:
+        return key
+    if production:
+        raise ConfigurationError(
+            "SECRET_KEY must be set when TOOLCALL_PRODUCTION is set: "
+            'set it to a long random string, e.g. the output of python -c "import secrets; print(secrets.token_hex(32))"'
+        )
+    # Development: one random key per machine, shared by every process (web, workers) through the
+    # instance folder, so that what one signs the others verify.
+    path = instance_path / SECRET_KEY_FILE
+    instance_path.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written completely under another name, then linked into place: a process starting at the
+        # same moment sees either no key file or the whole key, never an empty one. The first link wins.
+        fd, draft = tempfile.mkstemp(dir=instance_path, prefix=".secret_key-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(draft)
+    key = path.read_text().strip()
+    if not key:
+        raise ConfigurationError(f"the development key file {path} is empty; delete it and a new key is made")
+    return key
+
+
+def default_instance_path() -> Path:
+    return Path(os.environ.get("TOOLCALL_INSTANCE", Path(__file__).resolve().parent.parent / "instance"))
+
+
+def settings(instance_path: Path | str | None = None, overrides: Mapping | None = None) -> dict:
+    """The settings: the environment's, with ``overrides`` on top.
+
+    Settings that follow from others (whether a secret key is required, secure cookies, the token
+    lifetime's default) follow the values in ``overrides`` too, so a config that sets
+    ``TOOLCALL_PRODUCTION`` gets production's rules.
+    """
+    overrides = dict(overrides or {})
+    instance_path = Path(overrides.get("INSTANCE_PATH") or instance_path or default_instance_path())
+    if "TOOLCALL_PRODUCTION" in overrides:
+        production = bool(overrides["TOOLCALL_PRODUCTION"])
+    else:
+        production = _flag("TOOLCALL_PRODUCTION")
+    redis_url = overrides.get("REDIS_URL") or os.environ.get("REDIS_URL") or celeryconfig.DEFAULT_REDIS_URL
+    fallbacks = os.environ.get("SECRET_KEY_FALLBACKS", "")
+    database_url = overrides.get("DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not database_url:
+        # The default database lives in the instance folder, which SQLite will not create.
+        instance_path.mkdir(parents=True, exist_ok=True)
+        database_url = f"sqlite:///{instance_path / 'toolcall.sqlite3'}"
+    values = {
+        "INSTANCE_PATH": str(instance_path),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        # Celery's broker and result backend follow REDIS_URL unless set on their own.
+        "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or redis_url,
+        "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND") or redis_url,
+        "SECRET_KEY": _secret_key(instance_path, production, overrides.get("SECRET_KEY")),
+        "SECRET_KEY_FALLBACKS": [key.strip() for key in fallbacks.split(",") if key.strip()],
+        "TOOLCALL_PRODUCTION": production,
+        "TOOLCALL_TOKEN_TIMEOUT_SECS": _seconds(
+            "TOOLCALL_TOKEN_TIMEOUT_SECS", 10 if production else 200, int
+        ),
+        "TOOLCALL_SWEEP_SECS": _seconds("TOOLCALL_SWEEP_SECS", 10),
+        "TOOLCALL_REQUEUE_GRACE_SECS": _seconds("TOOLCALL_REQUEUE_GRACE_SECS", 30),
+        "TOOLCALL_FETCH_GIVE_UP_SECS": _seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
+        "TOOLCALL_RATELIMIT": os.environ.get("TOOLCALL_RATELIMIT", "on").strip().lower() != "off",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_SECURE": production,
+    }
+    values.update(overrides)
+    values["INSTANCE_PATH"] = str(instance_path)
+    values["TOOLCALL_PRODUCTION"] = production
+    return values

@@ -1,0 +1,81 @@
+"""Database engine and sessions, with or without a Flask app; schema migrations (Alembic).
+
+``Database(url)`` owns an engine and a session factory. The web app keeps one in
+``app.extensions["db"]`` and hands each request its own session (``get_session``); Celery tasks
+build theirs from the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from flask import current_app, g
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        options: dict = {"future": True}
+        if url.startswith("sqlite"):
+            # Several processes (web, workers) share the file: wait for locks instead of failing.
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            options["pool_pre_ping"] = True  # a database restart must not break the next request
+        self.engine: Engine = create_engine(url, **options)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block succeeds and rolls back when it raises."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema to the newest migration (safe to run twice)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.close()
+
+
+def get_session() -> Session:
+    """The current request's session (closed when the request ends)."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["db"].sessions()
+    return g.db_session
+
+
+def close_session(_exc: BaseException | None = None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

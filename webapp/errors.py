@@ -1,0 +1,51 @@
+"""The one error envelope of the vendor API, answered as JSON to programs and as a page to browsers.
+
+{"type": "error", "token": "<token or null>", "data": {"error": "<code>", "msg": "<human text>"}}
+"""
+
+from __future__ import annotations
+
+from flask import Response, jsonify, render_template, request
+
+#: code -> HTTP status (spec §2).
+STATUS = {
+    "missing-token": 400,
+    "token-invalid": 401,
+    "token-expired": 401,
+    "missing-client": 400,
+    "unknown-client": 404,
+    "client-auth-failed": 401,
+    "rate-limited": 429,
+    "not-found": 404,
+    "method-not-allowed": 405,
+    "bad-request": 400,
+    "server-error": 500,
+}
+
+#: 401 answers say how to authenticate, as the original did.
+WWW_AUTHENTICATE = 'Token realm="Person", location="renew-token-url"'
+
+
+def wants_html() -> bool:
+    """Browsers (who prefer text/html to application/json) get pages; programs get JSON."""
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"], default="application/json")
+    return (
+        best == "text/html"
+        and request.accept_mimetypes["text/html"] > request.accept_mimetypes["application/json"]
+    )
+
+
+def api_error(code: str, msg: str, token: str | None = None) -> Response:
+    status = STATUS[code]
+    if wants_html():
+        response = Response(
+            render_template("error.html", code=code, msg=msg, status=status),
+            status=status,
+            mimetype="text/html",
+        )
+    else:
+        response = jsonify({"type": "error", "token": token, "data": {"error": code, "msg": msg}})
+        response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return response

@@ -1,0 +1,181 @@
+"""The toolcall domain's tables (SQLAlchemy 2, typed). Usable without a Flask app context.
+
+Table names are fixed by the API (the first five are the original system's).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from flask_login import UserMixin
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_persnr() -> str:
+    """A pseudonymous person number: ``N`` and 32 random decimal digits (the original's format),
+    unrelated to any database id."""
+    return "N" + "".join(secrets.choice("0123456789") for _ in range(32))
+
+
+class UTCDateTime(TypeDecorator):
+    """A moment, read back timezone-aware in UTC on every database.
+
+    PostgreSQL keeps the offset, SQLite keeps none; without this, code comparing a stored time with
+    ``utcnow()`` works on one and raises (naive vs aware) on the other. Times are stored in UTC; a
+    naive time is taken as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class User(UserMixin, Base):
+    __tablename__ = "toolcall_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    first_name: Mapped[str] = mapped_column(String(150), default="")
+    last_name: Mapped[str] = mapped_column(String(150), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    extra_time: Mapped[bool] = mapped_column(Boolean, default=False)
+    persnr: Mapped[str] = mapped_column(String(33), unique=True, default=new_persnr)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+
+class Client(Base):
+    """A vendor: where start tokens are sent and result tokens are fetched from."""
+
+    __tablename__ = "toolcall_client"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    receive_start_token_url: Mapped[str] = mapped_column(String(500))
+    receive_result_token_url: Mapped[str] = mapped_column(String(500))
+    secret: Mapped[str | None] = mapped_column(String(255), default=None)
+
+    tools: Mapped[list[Tool]] = relationship(back_populates="client")
+
+
+class Tool(Base):
+    """An exam hosted by a client."""
+
+    __tablename__ = "toolcall_tool"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("toolcall_client.id"))
+    slug: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    icon: Mapped[str] = mapped_column(String(200), default="")
+    restartable: Mapped[bool] = mapped_column(Boolean, default=True)
+    deadline_minutes: Mapped[int] = mapped_column(Integer, default=240)
+
+    client: Mapped[Client] = relationship(back_populates="tools")
+
+
+class ToolCall(Base):
+    """One attempt of a user at a tool. ``status`` changes only through ``webapp.lifecycle``."""
+
+    __tablename__ = "toolcall_toolcall"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tool_id: Mapped[int] = mapped_column(ForeignKey("toolcall_tool.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("toolcall_user.id"), index=True)
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    ended: Mapped[datetime | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(30), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+
+    tool: Mapped[Tool] = relationship()
+    user: Mapped[User] = relationship()
+    log: Mapped[list[ToolCallLog]] = relationship(order_by="ToolCallLog.id", back_populates="toolcall")
+    results: Mapped[list[ToolCallResult]] = relationship(
+        order_by="ToolCallResult.id", back_populates="toolcall"
+    )
+
+
+class ToolCallLog(Base):
+    """One row per status a ToolCall took, with a short reason."""
+
+    __tablename__ = "toolcall_toolcalllog"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    toolcall_id: Mapped[int] = mapped_column(ForeignKey("toolcall_toolcall.id"), index=True)
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(30))
+    details: Mapped[str] = mapped_column(Text, default="")
+
+    toolcall: Mapped[ToolCall] = relationship(back_populates="log")
+
+
+class ToolCallResult(Base):
+    """A vendor's result: the body verbatim, and the fields taken from it."""
+
+    __tablename__ = "toolcall_toolcallresult"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    toolcall_id: Mapped[int] = mapped_column(ForeignKey("toolcall_toolcall.id"), index=True)
+    data: Mapped[str] = mapped_column(Text)
+    token: Mapped[str] = mapped_column(String(255))
+    persnr: Mapped[str] = mapped_column(String(33))
+    participant_id: Mapped[str] = mapped_column(String(255), default="")
+    exam: Mapped[str] = mapped_column(String(200))
+    exam_type: Mapped[str] = mapped_column(String(50), default="")
+    passed: Mapped[bool] = mapped_column(Boolean)
+    score: Mapped[int | None] = mapped_column(Integer, default=None)
+    timestamp: Mapped[datetime | None] = mapped_column(default=None)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+    stored: Mapped[datetime] = mapped_column(default=utcnow)
+
+    toolcall: Mapped[ToolCall] = relationship(back_populates="results")
+
+
+class ResultFetch(Base):
+    """A result fetch the portal owes a client: the source of truth; a Celery message is a trigger."""
+
+    __tablename__ = "toolcall_resultfetch"
+    __table_args__ = (UniqueConstraint("client_id", "token", name="uq_resultfetch_client_token"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("toolcall_client.id"))
+    token: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(10), default="owed", index=True)  # owed, done, failed
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    toolcall_id: Mapped[int | None] = mapped_column(ForeignKey("toolcall_toolcall.id"), default=None)
+
+    client: Mapped[Client] = relationship()
+    toolcall: Mapped[ToolCall | None] = relationship()

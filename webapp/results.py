@@ -1,0 +1,108 @@
+"""Result data from a vendor (spec §4): which ToolCall it is for, and whether it is valid.
+
+Two steps, because they fail differently:
+
+1. **Attribution** -- the body is a JSON object of at most 1 MiB whose ``data.system`` verifies and
+   names a ToolCall whose tool belongs to the calling client. A body that cannot be attributed fails
+   the owed fetch (there is no ToolCall to blame).
+2. **Validation** -- ``token`` is the result token, ``persnr`` the ToolCall's user's, ``exam`` the
+   tool's slug (or ``<slug>:...``), ``passed`` a boolean, ``score`` an integer >= 0 or absent/null.
+   An attributed but invalid body moves that ToolCall to ``result-received-err``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from webapp.models import Client, ToolCall
+from webapp.signing import verify_system
+
+MAX_BODY = 1024 * 1024
+
+
+class Unattributable(ValueError):
+    """The body names no ToolCall of this client."""
+
+
+class InvalidResult(ValueError):
+    """The body is for a ToolCall, but is not a valid result."""
+
+
+@dataclass(frozen=True)
+class ResultFields:
+    persnr: str
+    participant_id: str
+    exam: str
+    exam_type: str
+    passed: bool
+    score: int | None
+    timestamp: datetime | None
+
+
+def attribute(
+    session: Session, client: Client, body: bytes, secret_key: str, fallbacks: list[str]
+) -> tuple[ToolCall, dict]:
+    """The ToolCall a body is for, and the parsed body; raises Unattributable saying why."""
+    if len(body) > MAX_BODY:
+        raise Unattributable(f"the body is larger than {MAX_BODY} bytes")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Unattributable(f"the body is not JSON ({e})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+        raise Unattributable("the body is not a JSON object with a data object")
+    system = document["data"].get("system")
+    if system is None:
+        raise Unattributable("data.system is missing")
+    toolcall_id = verify_system(system, secret_key, fallbacks)
+    if toolcall_id is None:
+        raise Unattributable("data.system does not verify: it was not issued by this portal")
+    toolcall = session.get(ToolCall, toolcall_id)
+    if toolcall is None:
+        raise Unattributable(f"data.system names ToolCall {toolcall_id}, which does not exist")
+    if toolcall.tool.client_id != client.id:
+        raise Unattributable(
+            f"data.system names ToolCall {toolcall_id}, which is not one of client {client.name}'s"
+        )
+    return toolcall, document
+
+
+def validate(document: dict, toolcall: ToolCall, token: str) -> ResultFields:
+    """The fields of a valid result; raises InvalidResult saying what is wrong."""
+    data = document["data"]
+    problems = []
+    if document.get("token") != token:
+        problems.append(f"token is {document.get('token')!r}, not the result token {token!r}")
+    if data.get("persnr") != toolcall.user.persnr:
+        problems.append("persnr is not the persnr of the attempt's user")
+    exam = data.get("exam")
+    slug = toolcall.tool.slug
+    if not isinstance(exam, str) or not (exam == slug or exam.startswith(f"{slug}:")):
+        problems.append(f"exam is {exam!r}, not {slug!r} or {slug + ':...'!r}")
+    passed = data.get("passed")
+    if not isinstance(passed, bool):
+        problems.append(f"passed is {passed!r}, not true or false")
+    score = data.get("score")
+    if score is not None and (not isinstance(score, int) or isinstance(score, bool) or score < 0):
+        problems.append(f"score is {score!r}, not an integer >= 0")
+    participant = data.get("participant_id", data.get("participation_id", ""))
+    if not isinstance(participant, (str, int)) or isinstance(participant, bool):
+        problems.append(f"participant_id is {participant!r}, not a string or an integer")
+    exam_type = data.get("exam_type", data.get("exam_kind", ""))
+    if not isinstance(exam_type, str):
+        problems.append(f"exam_type is {exam_type!r}, not a string")
+    timestamp = None
+    if document.get("timestamp") is not None:
+        try:
+            timestamp = datetime.fromisoformat(document["timestamp"])
+            if timestamp.tzinfo is None:
+                timestamp = timestamp.replace(tzinfo=UTC)  # no timezone: taken as UTC
+        except (TypeError, ValueError):
+            problems.append(f"timestamp is {document['timestamp']!r}, not an ISO 8601 date and time")
+    if problems:
+        raise InvalidResult("; ".join(problems))
+    return ResultFields(data["persnr"], str(participant), exam, exam_type, passed, score, timestamp)
