@@ -19,8 +19,14 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_EVAL_TIMEOUT = 3600
 
 
+#: The queue of the toolcall tasks (result fetches, the sweep): the Procfile's `callbacks` worker.
+CALLBACKS_QUEUE = "callbacks"
+
+
 def route_task(name, args, kwargs, options, task=None, **kw):
-    """ToolBus calls go to the queue of their tool: toolbus.<tool>."""
+    """ToolBus calls go to the queue of their tool, toolbus.<tool>; toolcall tasks to callbacks."""
+    if name.startswith("toolcall."):
+        return {"queue": CALLBACKS_QUEUE}
     if name.startswith("toolbus."):
         tool = kwargs.get("tool") if kwargs else None
         if tool is None and args:
@@ -66,6 +72,14 @@ def settings() -> dict:
         "broker_connection_retry_on_startup": True,
         # Worker logs are read by operators: one line per task is enough.
         "worker_hijack_root_logger": False,
+        # The sweep (spec §5): re-queues lost result fetches, expires unused tokens and attempts.
+        "beat_schedule": {
+            "toolcall-sweep": {
+                "task": "toolcall.sweep",
+                "schedule": float(os.environ.get("TOOLCALL_SWEEP_SECS") or 10),
+                "options": {"queue": CALLBACKS_QUEUE, "expires": 60},
+            }
+        },
     }
 
 

@@ -210,12 +210,12 @@ class _Deadline:
     layer the read is in (http.client's status line, TLS, the body), and is safe from another
     thread. Each socket is tracked through a duplicate of its descriptor: the duplicate stays valid
     even after the TLS layer takes the original over, and cannot be reused for another connection
-    until ``stop`` closes it.
+    before the ``with`` block ends and closes it.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._ends_at = time.monotonic() + seconds
+        self._started_at = self._ends_at = 0.0  # set when the clock starts, in __enter__
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._expired = False
@@ -224,6 +224,8 @@ class _Deadline:
         self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
+        self._started_at = time.monotonic()
+        self._ends_at = self._started_at + self.seconds
         self._timer.start()
         return self
 
@@ -241,6 +243,9 @@ class _Deadline:
 
     def remaining(self) -> float:
         return max(0.0, self._ends_at - time.monotonic())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started_at
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
@@ -487,8 +492,11 @@ def _request_failed(
         return FetchOutcome("fail", error=str(forbidden))
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
         return FetchOutcome("fail", error=f"invalid vendor URL: {_short(exc)}")
-    if deadline.expired or isinstance(exc, requests.ReadTimeout):
+    if deadline.expired:
         return FetchOutcome("retry", error=f"timed out after {_format_seconds(deadline.seconds)}")
+    if isinstance(exc, requests.ReadTimeout):
+        # A read stalled before the budget was spent, e.g. a TLS handshake under the connect timeout.
+        return FetchOutcome("retry", error=f"timed out after {_format_seconds(round(deadline.elapsed(), 1))}")
     if isinstance(exc, requests.ConnectTimeout):
         return FetchOutcome("retry", error=f"connect timed out after {_format_seconds(connect_timeout)}")
     return FetchOutcome("retry", error=_describe_connection_error(exc))

@@ -10,7 +10,7 @@ from celery import Celery
 
 import celeryconfig
 
-TASK_MODULES = ["worker.toolbus_tasks"]
+TASK_MODULES = ["worker.toolbus_tasks", "worker.toolcall_tasks"]
 
 
 def make_app(name: str = "toolcall", **overrides) -> Celery:
