@@ -11,8 +11,9 @@ from pathlib import Path
 
 import redis
 from flask import Flask
+from flask_wtf import CSRFProtect
 
-from webapp import api, cli
+from webapp import api, auth, cli, portal
 from webapp.config import settings
 from webapp.db import Database, close_session
 from webapp.tokens import StartTokens
@@ -38,6 +39,10 @@ def create_app(config: dict | None = None) -> Flask:
         broker_url=app.config["CELERY_BROKER_URL"],
         result_backend=app.config["CELERY_RESULT_BACKEND"],
     )
+    CSRFProtect(app)  # every form; the vendor API takes no forms (GET only)
+    auth.login_manager.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(portal.bp)
     app.register_blueprint(api.bp)
     cli.register(app)
     return app

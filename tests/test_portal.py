@@ -1,0 +1,176 @@
+"""The user's side of the portal: logging in, the tools, starting an attempt (spec §1)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from portal_support import (  # noqa: F401
+    add_client,
+    add_tool,
+    add_user,
+    app_fixture,
+    portal_environment_fixture,
+    redis_db_fixture,
+)
+from sqlalchemy import select
+
+from webapp import lifecycle
+from webapp.lifecycle import Status
+from webapp.models import ToolCall, ToolCallLog
+
+
+@pytest.fixture(name="portal")
+def portal_fixture(app, redis_db):
+    app.extensions["db"].upgrade()
+    with app.extensions["db"].session() as session:
+        client = add_client(session, "vendor")
+        client.receive_start_token_url = "https://vendor.example/start/?lang=en"
+        add_tool(session, client, "excel")
+        add_user(session, "candidate", password="secret")
+    return app
+
+
+def csrf(html: bytes) -> str:
+    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', html).group(1).decode()
+
+
+def logged_in(app):
+    client = app.test_client()
+    token = csrf(client.get("/accounts/login/").data)
+    response = client.post(
+        "/accounts/login/", data={"username": "candidate", "password": "secret", "csrf_token": token}
+    )
+    assert response.status_code == 302
+    return client
+
+
+def start(client, slug="excel"):
+    page = client.get(f"/tooluser/tools/{slug}/")
+    return client.post(f"/tooluser/tools/{slug}/", data={"csrf_token": csrf(page.data)})
+
+
+def attempts(app) -> list[ToolCall]:
+    with app.extensions["db"].session() as session:
+        return session.scalars(select(ToolCall).order_by(ToolCall.id)).all()
+
+
+def test_pages_need_a_login(portal):
+    response = portal.test_client().get("/")
+    assert response.status_code == 302 and "/accounts/login/" in response.headers["Location"]
+
+
+def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(portal):
+    client = portal.test_client()
+    answers = []
+    for username, password in [("candidate", "wrong"), ("nobody", "secret")]:
+        token = csrf(client.get("/accounts/login/").data)
+        response = client.post(
+            "/accounts/login/", data={"username": username, "password": password, "csrf_token": token}
+        )
+        answers.append((response.status_code, b"Unknown username or wrong password." in response.data))
+    assert answers == [(401, True), (401, True)]
+
+
+def test_login_without_a_csrf_token_is_refused(portal):
+    response = portal.test_client().post(
+        "/accounts/login/", data={"username": "candidate", "password": "secret"}
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:alert(1)"]
+)
+def test_login_does_not_redirect_off_site(portal, target):
+    client = portal.test_client()
+    token = csrf(client.get("/accounts/login/").data)
+    response = client.post(
+        "/accounts/login/", query_string={"next": target},
+        data={"username": "candidate", "password": "secret", "csrf_token": token},
+    )  # fmt: skip
+    assert response.headers["Location"] == "/"
+
+
+def test_login_goes_on_to_a_page_of_this_site(portal):
+    client = portal.test_client()
+    token = csrf(client.get("/accounts/login/").data)
+    response = client.post(
+        "/accounts/login/", query_string={"next": "/tooluser/attempts/"},
+        data={"username": "candidate", "password": "secret", "csrf_token": token},
+    )  # fmt: skip
+    assert response.headers["Location"] == "/tooluser/attempts/"
+
+
+def test_home_lists_the_tools_with_a_start_form_opening_a_new_window_without_opener(portal):
+    html = logged_in(portal).get("/").data.decode()
+    form = re.search(r"<form[^>]*action=\"/tooluser/tools/excel/\"[^>]*>", html).group(0)
+    assert 'method="post"' in form and 'target="_blank"' in form and 'rel="noopener"' in form
+    assert 'name="csrf_token"' in html
+
+
+def test_the_start_url_shows_the_same_form_on_get(portal):
+    html = logged_in(portal).get("/tooluser/tools/excel/").data.decode()
+    assert 'action="/tooluser/tools/excel/"' in html and 'target="_blank"' in html
+    assert attempts(portal) == []  # a GET changes nothing
+
+
+def test_starting_issues_a_token_and_sends_the_user_to_the_vendor(portal, redis_db):
+    response = start(logged_in(portal))
+    assert response.status_code == 303
+    location = urlsplit(response.headers["Location"])
+    assert (location.scheme, location.netloc, location.path) == ("https", "vendor.example", "/start/")
+    query = parse_qs(location.query)
+    assert query["lang"] == ["en"] and len(query["access_token"][0]) >= 43
+    [toolcall] = attempts(portal)
+    assert toolcall.status == Status.START_TK_SENT
+    assert portal.extensions["start_tokens"].peek(query["access_token"][0]) == toolcall.id
+
+
+def test_a_new_attempt_supersedes_the_open_one(portal):
+    client = logged_in(portal)
+    start(client)
+    start(client)
+    first, second = attempts(portal)
+    assert (first.status, second.status) == (Status.FINISHED_ERR, Status.START_TK_SENT)
+    assert (first.attempt, second.attempt) == (1, 2)
+    with portal.extensions["db"].session() as session:
+        last = session.scalars(select(ToolCallLog).where(ToolCallLog.toolcall_id == first.id)).all()[-1]
+        assert last.status == "finished-err" and "superseded" in last.details
+
+
+def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attempt(portal):
+    with portal.extensions["db"].session() as session:
+        from webapp.models import Tool, User
+
+        tool = session.scalar(select(Tool))
+        tool.restartable = False
+        toolcall = lifecycle.create(session, tool, session.scalar(select(User)))
+        for status in [
+            "start-tk-sent",
+            "start-data-sent",
+            "result-tk-received",
+            "result-received-ok",
+            "result-saved",
+            "finished-ok",
+        ]:
+            lifecycle.advance(session, toolcall, status, "test")
+    response = start(logged_in(portal))
+    assert response.status_code == 409 and b"cannot be taken again" in response.data
+    assert len(attempts(portal)) == 1
+
+
+def test_the_attempts_page_lists_the_users_attempts_with_their_status(portal):
+    client = logged_in(portal)
+    start(client)
+    html = client.get("/tooluser/attempts/").data.decode()
+    assert "start-tk-sent" in html and "Excel" in html
+
+
+def test_logout_needs_a_post_with_csrf(portal):
+    client = logged_in(portal)
+    page = client.get("/accounts/logout/")
+    assert client.get("/").status_code == 200  # a GET of the logout page logs nobody out
+    response = client.post("/accounts/logout/", data={"csrf_token": csrf(page.data)})
+    assert response.status_code == 302 and client.get("/").status_code == 302

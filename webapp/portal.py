@@ -1,0 +1,83 @@
+"""The user's side: the tools, starting an attempt, the user's attempts.
+
+Starting is a POST (with a CSRF token) from a form that opens the vendor in a new window with no
+opener; a GET of the start URL shows the same form, for links and bookmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, abort, current_app, redirect, render_template
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+
+from webapp import lifecycle
+from webapp.db import get_session
+from webapp.lifecycle import OPEN, Status
+from webapp.models import Tool, ToolCall
+from webapp.vendor_client import add_query
+
+log = logging.getLogger("webapp.portal")
+bp = Blueprint("portal", __name__)
+
+
+class StartForm(FlaskForm):
+    pass
+
+
+def _tool(slug: str) -> Tool:
+    tool = get_session().scalar(select(Tool).where(Tool.slug == slug))
+    if tool is None:
+        abort(404)
+    return tool
+
+
+@bp.get("/")
+@login_required
+def home():
+    tools = get_session().scalars(select(Tool).order_by(Tool.name)).all()
+    return render_template("portal/home.html", tools=tools, form=StartForm())
+
+
+@bp.route("/tooluser/tools/<slug>/", methods=["GET", "POST"])
+@login_required
+def start(slug: str):
+    tool = _tool(slug)
+    form = StartForm()
+    if not form.validate_on_submit():
+        return render_template("portal/start.html", tool=tool, form=form)
+    session = get_session()
+    user = current_user._get_current_object()
+    attempts = session.scalars(
+        select(ToolCall).where(ToolCall.tool_id == tool.id, ToolCall.user_id == user.id)
+    ).all()
+    if not tool.restartable and any(a.status == Status.FINISHED_OK for a in attempts):
+        return render_template("portal/start.html", tool=tool, form=form, refused=True), 409
+    toolcall = lifecycle.create(session, tool, user, f"attempt started by {user.username}")
+    for previous in attempts:
+        if previous.status in OPEN:
+            try:
+                lifecycle.advance(
+                    session, previous, Status.FINISHED_ERR, f"superseded by attempt {toolcall.attempt}"
+                )
+            except lifecycle.ConcurrentTransition:
+                pass  # it moved on meanwhile (e.g. its result arrived): leave it
+    token = current_app.extensions["start_tokens"].issue(toolcall.id)
+    lifecycle.advance(
+        session, toolcall, Status.START_TK_SENT, f"start token issued; user sent to {tool.client.name}"
+    )
+    session.commit()
+    return redirect(add_query(tool.client.receive_start_token_url, access_token=token), code=303)
+
+
+@bp.get("/tooluser/attempts/")
+@login_required
+def attempts():
+    rows = (
+        get_session()
+        .scalars(select(ToolCall).where(ToolCall.user_id == current_user.id).order_by(ToolCall.id.desc()))
+        .all()
+    )
+    return render_template("portal/attempts.html", attempts=rows)
