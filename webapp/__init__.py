@@ -16,6 +16,8 @@ from flask_wtf import CSRFProtect
 from webapp import api, auth, cli, portal
 from webapp.config import settings
 from webapp.db import Database, close_session
+from webapp.errors import too_many_requests
+from webapp.limits import limiter
 from webapp.tokens import StartTokens
 from worker.app import make_app
 
@@ -40,6 +42,11 @@ def create_app(config: dict | None = None) -> Flask:
         result_backend=app.config["CELERY_RESULT_BACKEND"],
     )
     CSRFProtect(app)  # every form; the vendor API takes no forms (GET only)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    app.config.setdefault("RATELIMIT_ENABLED", app.config["TOOLCALL_RATELIMIT"])
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    limiter.init_app(app)
+    app.register_error_handler(429, too_many_requests)
     auth.login_manager.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(portal.bp)

@@ -26,6 +26,7 @@ from webapp import lifecycle
 from webapp.db import get_session
 from webapp.errors import api_error, wants_html
 from webapp.lifecycle import Status
+from webapp.limits import limiter, setting
 from webapp.models import Client, ResultFetch, ToolCall, utcnow
 from webapp.signing import sign_system
 from webapp.tokens import StartTokens
@@ -105,6 +106,7 @@ def client_auth_ok(client: Client) -> bool:
 
 
 @bp.get("/fetch-token/")
+@limiter.limit(setting("TOOLCALL_RATELIMIT_API"))
 def fetch_token():
     token = request_token()
     if not token:
@@ -155,6 +157,7 @@ def fetch_token():
 
 
 @bp.get("/result/")
+@limiter.limit(setting("TOOLCALL_RATELIMIT_API"))
 def result():
     name = request.args.get("client")
     if not name:

@@ -12,6 +12,7 @@ from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
 from webapp.db import get_session
+from webapp.limits import limiter, login_key, setting
 from webapp.models import User
 
 bp = Blueprint("auth", __name__, url_prefix="/accounts")
@@ -50,6 +51,8 @@ def safe_next(target: str | None) -> str:
 
 
 @bp.route("/login/", methods=["GET", "POST"])
+@limiter.limit(setting("TOOLCALL_RATELIMIT_LOGIN"), key_func=login_key, methods=["POST"])
+@limiter.limit(setting("TOOLCALL_RATELIMIT_LOGIN_ADDRESS"), methods=["POST"])
 def login():
     form = LoginForm()
     if form.validate_on_submit():

@@ -49,3 +49,23 @@ def api_error(code: str, msg: str, token: str | None = None) -> Response:
     if status == 401:
         response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     return response
+
+
+def too_many_requests(_error) -> Response:
+    """429 from the rate limiter: the envelope for the vendor API, a page for people."""
+    if request.blueprint == "api":
+        return api_error(
+            "rate-limited",
+            "too many requests; slow down and try again in a minute",
+            request.args.get("access_token"),
+        )
+    return Response(
+        render_template(
+            "error.html",
+            code="rate-limited",
+            msg="Too many attempts. Wait a minute and try again.",
+            status=429,
+        ),
+        status=429,
+        mimetype="text/html",
+    )
