@@ -248,3 +248,12 @@ def test_a_browser_reporting_a_result_sees_a_page_that_refreshes_until_stored(po
     )
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert b'http-equiv="refresh"' in response.data and b"candidate" not in response.data
+
+
+@pytest.mark.parametrize("stamp", ["²", "1" * 5000, "-5", ""])
+def test_a_malformed_client_auth_timestamp_is_client_auth_failed_not_an_error(portal, stamp):
+    token = new_attempt(portal, "word")
+    response = portal.test_client().get(
+        f"/fetch-token/?access_token={token}", headers={"X-Toolcall-Auth": f"secured {stamp} abcdef"}
+    )
+    assert response.status_code == 401 and error_of(response) == "client-auth-failed"

@@ -486,3 +486,13 @@ def test_backoff_is_half_fixed_half_random_up_to_an_hour(attempt, ceiling):
 def test_backoff_refuses_a_negative_attempt():
     with pytest.raises(ValueError, match="attempt must be 0 or more"):
         backoff_delay(-1)
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000])
+def test_odd_retry_after_values_do_not_raise(value):
+    assert parse_retry_after(value) in (None, 3600)
+
+
+def test_an_odd_webhook_timestamp_does_not_verify():
+    headers = {"webhook-id": "x", "webhook-timestamp": "²", "webhook-signature": "v1,abc"}
+    assert verify_webhook("secret", headers, b"") is False

@@ -89,10 +89,15 @@ def discovery():
     )
 
 
+def _unix_seconds(text: str) -> bool:
+    """Plain ASCII digits of a sane length (``isdigit`` alone accepts "²", which int() refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 15
+
+
 def client_auth_ok(client: Client) -> bool:
     """``X-Toolcall-Auth: <client> <unix seconds> <hex HMAC-SHA256(secret, "ts\\nMETHOD\\npath?query")>``."""
     parts = request.headers.get("X-Toolcall-Auth", "").split(" ")
-    if len(parts) != 3 or not parts[1].isdigit():
+    if len(parts) != 3 or not _unix_seconds(parts[1]):
         return False
     name, stamp, signature = parts
     if not hmac.compare_digest(name.encode(), client.name.encode()):

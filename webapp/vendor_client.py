@@ -455,7 +455,7 @@ def _read_response(
 
     too_large = FetchOutcome("fail", status, error=f"body larger than {_format_size(max_bytes)}")
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and len(declared) <= 18 and int(declared) > max_bytes:
         return too_large  # refused before reading a byte of it
     try:
         body, over = _read_capped(response, max_bytes)
@@ -577,7 +577,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), RETRY_AFTER_CAP)
     try:
         when = parsedate_to_datetime(value)
@@ -595,14 +595,16 @@ class _Random(Protocol):
     def random(self) -> float: ...
 
 
-def backoff_delay(attempt: int, rng: _Random = random) -> float:
+def backoff_delay(attempt: int, rng: _Random = random, base: float = BACKOFF_BASE) -> float:
     """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0): §5's
     ``min(5 s · 2^n, 1 h)`` with equal jitter, i.e. half of it fixed and half random, so retries
-    from many fetches spread out without any of them coming back much too early."""
+    from many fetches spread out without any of them coming back much too early. ``base`` replaces
+    the 5 s (``TOOLCALL_FETCH_BACKOFF_BASE_SECS``)."""
     if attempt < 0:
         raise ValueError(f"attempt must be 0 or more, not {attempt}")
-    # Past 2^10 the cap applies; stopping there keeps 2**attempt small for absurd attempt counts.
-    ceiling = min(BACKOFF_BASE * 2 ** min(attempt, 10), BACKOFF_CAP)
+    # Past 2^32 the cap applies for any sensible base; stopping there keeps 2**attempt small for
+    # absurd attempt counts.
+    ceiling = min(base * 2 ** min(attempt, 32), BACKOFF_CAP)
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -648,7 +650,11 @@ def verify_webhook(
     webhook_id = lowered.get("webhook-id")
     timestamp_text = lowered.get("webhook-timestamp", "")
     signatures = lowered.get("webhook-signature", "")
-    if not webhook_id or not timestamp_text.isdigit() or not signatures:
+    if (
+        not webhook_id
+        or not (timestamp_text.isascii() and timestamp_text.isdigit() and len(timestamp_text) <= 15)
+        or not signatures
+    ):
         return False
     timestamp = int(timestamp_text)
     if abs((time.time() if now is None else now) - timestamp) > tolerance:
