@@ -13,7 +13,7 @@ import redis
 from flask import Flask
 from flask_wtf import CSRFProtect
 
-from webapp import api, auth, cli, portal
+from webapp import api, auth, cli, ops, portal
 from webapp.config import settings
 from webapp.db import Database, close_session
 from webapp.errors import too_many_requests
@@ -51,5 +51,6 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(portal.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
     cli.register(app)
     return app

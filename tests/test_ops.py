@@ -1,0 +1,550 @@
+"""The operator's pages (admins only): dashboard, ToolCalls, result fetches and their retry, clients
+and tools (spec §5-§8)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+    add_client,
+    add_tool,
+    add_user,
+    app_fixture,
+    portal_environment_fixture,
+    redis_db_fixture,
+)
+from sqlalchemy import select
+from sqlalchemy.orm import joinedload
+
+from webapp import lifecycle
+from webapp.lifecycle import Status
+from webapp.models import Client, ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
+
+SECRET = "very-secret-value-42"
+HAPPY_PATH = [
+    Status.START_TK_SENT,
+    Status.START_DATA_SENT,
+    Status.RESULT_TK_RECEIVED,
+    Status.RESULT_RECEIVED_OK,
+    Status.RESULT_SAVED,
+    Status.FINISHED_OK,
+]
+
+
+@pytest.fixture(name="ops")
+def ops_fixture(app, redis_db):
+    """A migrated portal with a client, a tool, an operator (admin) and a candidate (not admin)."""
+    app.extensions["db"].upgrade()
+    with app.extensions["db"].session() as session:
+        client = add_client(session, "vendor")
+        add_tool(session, client, "excel")
+        add_user(session, "operator", password="ops-password").is_admin = True
+        add_user(session, "candidate", password="secret")
+    return app
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+
+
+def csrf(html: bytes) -> str:
+    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', html).group(1).decode()
+
+
+def logged_in(app, username="operator", password="ops-password"):
+    client = app.test_client()
+    token = csrf(client.get("/accounts/login/").data)
+    response = client.post(
+        "/accounts/login/", data={"username": username, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 302
+    return client
+
+
+def new_toolcall(app, statuses=(), slug="excel", username="candidate", started=None) -> int:
+    """A ToolCall of ``username`` at ``slug`` moved through ``statuses``; returns its id."""
+    with app.extensions["db"].session() as session:
+        tool = session.scalar(select(Tool).where(Tool.slug == slug))
+        user = session.scalar(select(User).where(User.username == username))
+        toolcall = lifecycle.create(session, tool, user, "attempt started")
+        if started is not None:
+            toolcall.started = started
+        for status in statuses:
+            lifecycle.advance(session, toolcall, status, f"moved to {status}")
+        return toolcall.id
+
+
+def new_fetch(app, token="R1", state="failed", toolcall_id=None, **fields) -> int:
+    with app.extensions["db"].session() as session:
+        client = session.scalar(select(Client).where(Client.name == "vendor"))
+        fetch = ResultFetch(client_id=client.id, token=token, state=state, toolcall_id=toolcall_id, **fields)
+        session.add(fetch)
+        session.flush()
+        return fetch.id
+
+
+def get_fetch(app, fetch_id: int) -> ResultFetch:
+    with app.extensions["db"].session() as session:
+        return session.get(ResultFetch, fetch_id)
+
+
+def count_cell(html: str, row_id: str) -> int:
+    return int(re.search(rf'id="{row_id}">.*?<td class="count[^"]*">(\d+)</td>', html, re.S).group(1))
+
+
+def listed_toolcalls(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr class="toolcall"><td><a href="/ops/toolcalls/(\d+)/">', html)]
+
+
+def retry(client, fetch_id: int, page: str = "/ops/fetches/", **data):
+    token = csrf(client.get(page).data)
+    return client.post(f"/ops/fetches/{fetch_id}/retry", data={"csrf_token": token, **data})
+
+
+def clients(app) -> dict[str, Client]:
+    with app.extensions["db"].session() as session:
+        return {c.name: c for c in session.scalars(select(Client))}
+
+
+def tools(app) -> dict[str, Tool]:
+    with app.extensions["db"].session() as session:
+        return {t.slug: t for t in session.scalars(select(Tool).options(joinedload(Tool.client)))}
+
+
+def client_form(
+    name="acme", start="https://acme.example/start/", result="https://acme.example/result/", **more
+):
+    return {"name": name, "start_url": start, "result_url": result, **more}
+
+
+def tool_form(app, slug="word", client="vendor", **more):
+    fields = {
+        "slug": slug,
+        "client": str(clients(app)[client].id),
+        "name": "Word",
+        "description": "Letters and such.",
+        "restartable": "y",
+        "deadline_minutes": "90",
+    }
+    fields.update(more)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def post_form(client, url: str, data: dict):
+    return client.post(url, data={"csrf_token": csrf(client.get(url).data), **data})
+
+
+PAGES = [
+    "/ops/",
+    "/ops/toolcalls/",
+    "/ops/toolcalls/{toolcall}/",
+    "/ops/fetches/",
+    "/ops/clients/",
+    "/ops/clients/new/",
+    "/ops/clients/{client}/",
+    "/ops/tools/",
+    "/ops/tools/new/",
+    "/ops/tools/{tool}/",
+]
+
+
+def page_url(app, template: str) -> str:
+    return template.format(
+        toolcall=new_toolcall(app), client=clients(app)["vendor"].id, tool=tools(app)["excel"].id
+    )
+
+
+# ---- access -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_an_anonymous_visitor_is_sent_to_the_login_page(ops, page):
+    response = ops.test_client().get(page_url(ops, page))
+    assert response.status_code == 302 and "/accounts/login/" in response.headers["Location"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_user_who_is_not_an_admin_gets_403(ops, page):
+    response = logged_in(ops, "candidate", "secret").get(page_url(ops, page))
+    assert response.status_code == 403 and b"operators only" in response.data
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_an_admin_sees_every_page(ops, page):
+    assert logged_in(ops).get(page_url(ops, page)).status_code == 200
+
+
+def test_the_portal_nav_links_to_ops_for_admins_only(ops):
+    assert b'href="/ops/"' in logged_in(ops).get("/").data
+    assert b'href="/ops/"' not in logged_in(ops, "candidate", "secret").get("/").data
+
+
+def test_an_unknown_toolcall_is_404(ops):
+    assert logged_in(ops).get("/ops/toolcalls/999/").status_code == 404
+
+
+# ---- dashboard --------------------------------------------------------------------------------------
+
+
+def test_the_dashboard_counts_toolcalls_by_every_status_zeros_included(ops):
+    new_toolcall(ops, HAPPY_PATH)
+    new_toolcall(ops, HAPPY_PATH)
+    new_toolcall(ops, [Status.START_TK_SENT, Status.START_TK_ERR])  # ends in finished-err
+    new_toolcall(ops, [Status.START_TK_SENT])
+    html = logged_in(ops).get("/ops/").data.decode()
+    counts = {status.value: count_cell(html, f"status-{status.value}") for status in Status}
+    expected = dict.fromkeys((s.value for s in Status), 0)
+    expected.update({"finished-ok": 2, "finished-err": 1, "start-tk-sent": 1})
+    assert counts == expected and count_cell(html, "status-all") == 4
+
+
+def test_the_dashboard_counts_owed_and_failed_fetches(ops):
+    new_fetch(ops, "R1", "owed")
+    new_fetch(ops, "R2", "failed")
+    new_fetch(ops, "R3", "failed")
+    new_fetch(ops, "R4", "done")
+    html = logged_in(ops).get("/ops/").data.decode()
+    assert (count_cell(html, "fetches-owed"), count_cell(html, "fetches-failed")) == (1, 2)
+
+
+# ---- ToolCalls --------------------------------------------------------------------------------------
+
+
+def test_the_toolcall_list_filters_by_status(ops):
+    finished = new_toolcall(ops, HAPPY_PATH)
+    new_toolcall(ops, [Status.START_TK_SENT])
+    html = logged_in(ops).get("/ops/toolcalls/?status=finished-ok").data.decode()
+    assert listed_toolcalls(html) == [finished]
+
+
+def test_the_toolcall_list_filters_by_tool(ops):
+    with ops.extensions["db"].session() as session:
+        add_tool(session, session.scalar(select(Client)), "word")
+    new_toolcall(ops, slug="excel")
+    word = new_toolcall(ops, slug="word")
+    html = logged_in(ops).get("/ops/toolcalls/?tool=word").data.decode()
+    assert listed_toolcalls(html) == [word]
+
+
+def test_the_toolcall_list_filters_by_status_and_tool_together(ops):
+    with ops.extensions["db"].session() as session:
+        add_tool(session, session.scalar(select(Client)), "word")
+    new_toolcall(ops, HAPPY_PATH, slug="excel")
+    new_toolcall(ops, [Status.START_TK_SENT], slug="word")
+    wanted = new_toolcall(ops, HAPPY_PATH, slug="word")
+    html = logged_in(ops).get("/ops/toolcalls/?status=finished-ok&tool=word").data.decode()
+    assert listed_toolcalls(html) == [wanted]
+
+
+def test_the_toolcall_list_offers_every_status_and_tool_in_its_selects(ops):
+    html = logged_in(ops).get("/ops/toolcalls/").data.decode()
+    options = set(re.findall(r'<option[^>]*value="([^"]*)"', html))
+    assert options == {"", "excel"} | {s.value for s in Status}
+
+
+def test_an_unknown_status_filter_is_a_form_error(ops):
+    response = logged_in(ops).get("/ops/toolcalls/?status=lost")
+    assert response.status_code == 400 and b'class="error"' in response.data
+
+
+def test_the_toolcall_list_shows_the_newest_first_fifty_a_page(ops):
+    start = utcnow() - timedelta(days=1)
+    ids = [new_toolcall(ops, started=start + timedelta(minutes=i)) for i in range(51)]
+    client = logged_in(ops)
+    first = listed_toolcalls(client.get("/ops/toolcalls/").data.decode())
+    second = listed_toolcalls(client.get("/ops/toolcalls/?page=2").data.decode())
+    assert first == ids[::-1][:50] and second == [ids[0]]
+
+
+def test_a_page_past_the_last_is_404(ops):
+    assert logged_in(ops).get("/ops/toolcalls/?page=2").status_code == 404
+
+
+def test_the_pager_keeps_the_filter(ops):
+    for _ in range(51):
+        new_toolcall(ops)
+    html = logged_in(ops).get("/ops/toolcalls/?tool=excel").data.decode()
+    assert re.search(r'rel="next" href="/ops/toolcalls/\?[^"]*tool=excel', html)
+
+
+def test_the_toolcall_page_shows_the_user_and_the_whole_log_in_order(ops):
+    toolcall_id = new_toolcall(ops, HAPPY_PATH)
+    html = logged_in(ops).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
+    rows = re.findall(r'<tr class="log"><td>[^<]+</td><td>([^<]+)</td><td>([^<]*)</td></tr>', html)
+    assert rows == [("initial", "attempt started")] + [(str(s), f"moved to {s}") for s in HAPPY_PATH]
+    with ops.extensions["db"].session() as session:
+        persnr = session.scalar(select(User.persnr).where(User.username == "candidate"))
+    assert "candidate" in html and persnr in html
+
+
+def test_the_toolcall_page_shows_a_stored_result_with_its_body_verbatim(ops):
+    toolcall_id = new_toolcall(ops, HAPPY_PATH)
+    body = '{"type": "result", "data": {"note": "<b>5 > 3</b>", "score": 17}}'
+    with ops.extensions["db"].session() as session:
+        session.add(
+            ToolCallResult(
+                toolcall_id=toolcall_id, data=body, token="R1", persnr="N1", exam="excel",
+                passed=True, score=17, late=True,
+            )
+        )  # fmt: skip
+    html = logged_in(ops).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
+    shown = re.search(r'<pre class="data">(.*?)</pre>', html, re.S).group(1)
+    assert shown == body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;")
+    assert re.search(r"<th>Late</th><td>yes</td>", html) and "<th>Score</th><td>17</td>" in html
+
+
+def test_the_toolcall_page_shows_its_fetches_with_a_retry_button_for_a_failed_one(ops):
+    toolcall_id = new_toolcall(ops, [Status.START_TK_SENT, Status.START_DATA_SENT])
+    fetch_id = new_fetch(
+        ops, "R9", "failed", toolcall_id, attempts=3, last_error="HTTP 500", body="oops from vendor"
+    )
+    html = logged_in(ops).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
+    row = re.search(rf'<tr class="fetch" id="fetch-{fetch_id}">(.*?)</tr>', html, re.S).group(1)
+    assert "R9" in row and "failed" in row and "HTTP 500" in row and "oops from vendor" in row
+    assert f'action="/ops/fetches/{fetch_id}/retry"' in row
+
+
+# ---- result fetches ---------------------------------------------------------------------------------
+
+
+def test_the_fetch_list_shows_the_failed_fetches_by_default(ops):
+    failed = new_fetch(ops, "R1", "failed")
+    new_fetch(ops, "R2", "owed")
+    html = logged_in(ops).get("/ops/fetches/").data.decode()
+    assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(failed)]
+
+
+def test_the_fetch_list_filters_by_state(ops):
+    new_fetch(ops, "R1", "failed")
+    owed = new_fetch(ops, "R2", "owed")
+    html = logged_in(ops).get("/ops/fetches/?state=owed").data.decode()
+    assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(owed)]
+
+
+def test_only_a_failed_fetch_has_a_retry_button(ops):
+    new_fetch(ops, "R1", "failed")
+    new_fetch(ops, "R2", "owed")
+    html = logged_in(ops).get("/ops/fetches/?state=all").data.decode()
+    assert len(re.findall(r'action="/ops/fetches/\d+/retry"', html)) == 1
+
+
+def test_retry_reopens_a_failed_fetch(ops):
+    fetch_id = new_fetch(
+        ops, state="failed", last_error="HTTP 403", claimed_until=utcnow() + timedelta(minutes=1),
+        next_attempt_at=utcnow() - timedelta(days=2), reported_at=utcnow() - timedelta(days=2),
+    )  # fmt: skip
+    before = utcnow()
+    assert retry(logged_in(ops), fetch_id).status_code == 303
+    fetch = get_fetch(ops, fetch_id)
+    assert (fetch.state, fetch.claimed_until) == ("owed", None)
+    assert before <= fetch.next_attempt_at <= utcnow() and before <= fetch.reported_at
+    assert "operator" in fetch.last_error and "HTTP 403" in fetch.last_error
+
+
+def test_retry_puts_the_fetch_task_on_the_callbacks_queue(ops, redis_db):
+    fetch_id = new_fetch(ops, state="failed")
+    retry(logged_in(ops), fetch_id)
+    [message] = [json.loads(raw) for raw in redis_db.lrange("callbacks", 0, -1)]
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert (message["headers"]["task"], args) == ("toolcall.fetch_result", [fetch_id])
+
+
+def test_retry_returns_to_the_list_with_a_message(ops):
+    fetch_id = new_fetch(ops, state="failed")
+    client = logged_in(ops)
+    response = retry(client, fetch_id, next="/ops/fetches/?state=failed")
+    assert response.headers["Location"] == "/ops/fetches/?state=failed"
+    assert f"Result fetch {fetch_id} is owed again and queued." in client.get("/ops/fetches/").data.decode()
+
+
+def test_retry_from_the_toolcall_page_returns_to_it(ops):
+    toolcall_id = new_toolcall(ops)
+    fetch_id = new_fetch(ops, state="failed", toolcall_id=toolcall_id)
+    client = logged_in(ops)
+    page = f"/ops/toolcalls/{toolcall_id}/"
+    form = re.search(r'name="next" value="([^"]+)"', client.get(page).data.decode()).group(1)
+    response = retry(client, fetch_id, page, next=form)
+    assert response.headers["Location"] == page and get_fetch(ops, fetch_id).state == "owed"
+
+
+def test_retry_does_not_redirect_off_site(ops):
+    fetch_id = new_fetch(ops, state="failed")
+    response = retry(logged_in(ops), fetch_id, next="https://evil.example/")
+    assert response.headers["Location"] == "/"
+
+
+def test_retry_without_a_csrf_token_is_refused(ops, redis_db):
+    fetch_id = new_fetch(ops, state="failed")
+    response = logged_in(ops).post(f"/ops/fetches/{fetch_id}/retry")
+    assert response.status_code == 400
+    assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen("callbacks") == 0
+
+
+def test_retry_by_a_user_who_is_not_an_admin_is_refused(ops, redis_db):
+    fetch_id = new_fetch(ops, state="failed")
+    client = logged_in(ops, "candidate", "secret")
+    response = client.post(f"/ops/fetches/{fetch_id}/retry", data={"csrf_token": csrf(client.get("/").data)})
+    assert response.status_code == 403
+    assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen("callbacks") == 0
+
+
+def test_retry_of_a_fetch_that_is_not_failed_changes_nothing(ops, redis_db):
+    fetch_id = new_fetch(ops, state="done", last_error="")
+    client = logged_in(ops)
+    retry(client, fetch_id)
+    assert get_fetch(ops, fetch_id).state == "done" and redis_db.llen("callbacks") == 0
+    assert "is done, not failed" in client.get("/ops/fetches/").data.decode()
+
+
+# ---- clients ----------------------------------------------------------------------------------------
+
+
+def test_an_admin_adds_a_client(ops):
+    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(secret=SECRET))
+    assert response.status_code == 303
+    acme = clients(ops)["acme"]
+    saved = (acme.receive_start_token_url, acme.receive_result_token_url, acme.secret)
+    assert saved == ("https://acme.example/start/", "https://acme.example/result/", SECRET)
+
+
+def test_a_client_without_a_secret_gets_none(ops):
+    post_form(logged_in(ops), "/ops/clients/new/", client_form(secret=""))
+    assert clients(ops)["acme"].secret is None
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://acme.example/", "javascript:alert(1)", "acme.example/start/", "https://", ""]
+)
+def test_a_client_url_must_be_http_or_https(ops, url):
+    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(start=url))
+    assert response.status_code == 400 and b'class="error"' in response.data
+    assert "acme" not in clients(ops)
+
+
+def test_in_production_a_client_url_must_be_https(ops):
+    ops.config["TOOLCALL_PRODUCTION"] = True
+    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(result="http://acme.example/r/"))
+    assert response.status_code == 400 and b"https URL" in response.data
+
+
+def test_a_taken_client_name_is_a_form_error(ops):
+    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(name="vendor"))
+    assert response.status_code == 400 and b"&#39;vendor&#39; is taken" in response.data
+    assert clients(ops)["vendor"].receive_start_token_url == "https://vendor.example.org/start/"
+
+
+def test_an_admin_edits_a_client_and_its_secret_is_kept(ops):
+    with ops.extensions["db"].session() as session:
+        session.scalar(select(Client)).secret = SECRET
+    url = f"/ops/clients/{clients(ops)['vendor'].id}/"
+    form = client_form(name="vendor2", start="http://vendor.example/s/", result="http://vendor.example/r/")
+    assert post_form(logged_in(ops), url, form).status_code == 303
+    edited = clients(ops)["vendor2"]
+    assert (edited.receive_start_token_url, edited.secret) == ("http://vendor.example/s/", SECRET)
+
+
+def test_an_admin_removes_a_clients_secret(ops):
+    with ops.extensions["db"].session() as session:
+        session.scalar(select(Client)).secret = SECRET
+    url = f"/ops/clients/{clients(ops)['vendor'].id}/"
+    post_form(logged_in(ops), url, client_form(name="vendor", remove_secret="y"))
+    assert clients(ops)["vendor"].secret is None
+
+
+def test_renaming_a_client_to_a_taken_name_is_a_form_error(ops):
+    with ops.extensions["db"].session() as session:
+        add_client(session, "other")
+    url = f"/ops/clients/{clients(ops)['other'].id}/"
+    response = post_form(logged_in(ops), url, client_form(name="vendor"))
+    assert response.status_code == 400 and b"is taken" in response.data
+    assert set(clients(ops)) == {"vendor", "other"}
+
+
+def test_a_client_form_without_a_csrf_token_is_refused(ops):
+    response = logged_in(ops).post("/ops/clients/new/", data=client_form())
+    assert response.status_code == 400 and "acme" not in clients(ops)
+
+
+def test_the_secret_never_appears_in_html(ops):
+    with ops.extensions["db"].session() as session:
+        session.scalar(select(Client)).secret = SECRET
+    client = logged_in(ops)
+    edit = f"/ops/clients/{clients(ops)['vendor'].id}/"
+    refused = post_form(client, edit, client_form(name="vendor", start="ftp://x/", secret=SECRET))
+    pages = [client.get(url).data for url in ["/ops/clients/", edit, "/ops/tools/", "/ops/"]]
+    assert refused.status_code == 400 and b">set<" in pages[0]
+    assert all(SECRET.encode() not in html for html in [*pages, refused.data])
+
+
+# ---- tools ------------------------------------------------------------------------------------------
+
+
+def test_an_admin_adds_a_tool(ops):
+    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, restartable=None))
+    assert response.status_code == 303
+    word = tools(ops)["word"]
+    saved = (word.name, word.description, word.restartable, word.deadline_minutes, word.client.name)
+    assert saved == ("Word", "Letters and such.", False, 90, "vendor")
+
+
+def test_a_taken_tool_slug_is_a_form_error(ops):
+    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, slug="excel"))
+    assert response.status_code == 400 and b"&#39;excel&#39; is taken" in response.data
+    assert tools(ops)["excel"].name == "Excel"
+
+
+@pytest.mark.parametrize("deadline", ["0", "-5", "soon", ""])
+def test_a_tool_deadline_must_be_a_positive_number_of_minutes(ops, deadline):
+    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, deadline_minutes=deadline))
+    assert response.status_code == 400 and "word" not in tools(ops)
+
+
+def test_a_tool_slug_must_be_usable_in_a_url(ops):
+    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, slug="my tool/1"))
+    assert response.status_code == 400 and "my tool/1" not in tools(ops)
+
+
+def test_a_tool_needs_an_existing_client(ops):
+    response = post_form(logged_in(ops), "/ops/tools/new/", {**tool_form(ops), "client": "999"})
+    assert response.status_code == 400 and "word" not in tools(ops)
+
+
+def test_an_admin_edits_a_tool(ops):
+    with ops.extensions["db"].session() as session:
+        add_client(session, "other")
+    url = f"/ops/tools/{tools(ops)['excel'].id}/"
+    form = tool_form(ops, slug="excel-2", client="other", name="Excel 2", deadline_minutes="30")
+    assert post_form(logged_in(ops), url, form).status_code == 303
+    edited = tools(ops)["excel-2"]
+    assert (edited.name, edited.client.name, edited.deadline_minutes) == ("Excel 2", "other", 30)
+
+
+def test_renaming_a_tool_to_a_taken_slug_is_a_form_error(ops):
+    with ops.extensions["db"].session() as session:
+        add_tool(session, session.scalar(select(Client)), "word")
+    url = f"/ops/tools/{tools(ops)['word'].id}/"
+    response = post_form(logged_in(ops), url, tool_form(ops, slug="excel"))
+    assert response.status_code == 400 and b"is taken" in response.data
+    assert set(tools(ops)) == {"excel", "word"}
+
+
+def test_the_tool_list_shows_each_tools_client_and_settings(ops):
+    html = logged_in(ops).get("/ops/tools/").data.decode()
+    row = re.search(r'<tr class="tool">(.*?)</tr>', html, re.S).group(1)
+    assert "excel" in row and "vendor" in row and "240 min" in row and "yes" in row
+
+
+def test_the_log_rows_come_from_the_lifecycle_only(ops):
+    """The ops pages read the log; they never write it (spec §6: nothing else goes into that table)."""
+    toolcall_id = new_toolcall(ops, [Status.START_TK_SENT])
+    fetch_id = new_fetch(ops, state="failed", toolcall_id=toolcall_id)
+    client = logged_in(ops)
+    client.get(f"/ops/toolcalls/{toolcall_id}/")
+    retry(client, fetch_id)
+    with ops.extensions["db"].session() as session:
+        logged = session.scalars(select(ToolCallLog.status).where(ToolCallLog.toolcall_id == toolcall_id))
+        assert list(logged) == ["initial", "start-tk-sent"]
+        assert session.get(ToolCall, toolcall_id).status == "start-tk-sent"

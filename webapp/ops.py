@@ -1,0 +1,408 @@
+"""The operator's pages (admins only): what the ToolCalls and result fetches are doing, and the
+clients and tools they run on.
+
+    /ops/                                  dashboard: ToolCalls by status, owed and failed fetches
+    /ops/toolcalls/?status=S&tool=SLUG     ToolCalls, newest first, 50 a page
+    /ops/toolcalls/<id>/                   one ToolCall: its log, stored results and result fetches
+    /ops/fetches/?state=failed             result fetches; a failed one can be retried (POST)
+    /ops/clients/, /ops/tools/             list, add (``new/``) and edit (``<id>/``)
+
+Someone not logged in is sent to the login page; a user who is not an admin gets 403. A client's
+secret is never shown, only whether one is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from math import ceil
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
+from wtforms import (
+    BooleanField,
+    Form,
+    HiddenField,
+    IntegerField,
+    PasswordField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+    ValidationError,
+)
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, Regexp
+
+from webapp.api import FETCH_QUEUE, FETCH_TASK
+from webapp.auth import login_manager, safe_next
+from webapp.cli import save_client, save_tool
+from webapp.db import get_session
+from webapp.lifecycle import Status
+from webapp.models import Client, ResultFetch, Tool, ToolCall, utcnow
+
+log = logging.getLogger("webapp.ops")
+bp = Blueprint("ops", __name__, url_prefix="/ops")
+
+PER_PAGE = 50
+
+
+@bp.before_request
+def admins_only():
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    if not current_user.is_admin:
+        msg = "The ops pages are for operators only; ask an admin if you need access."
+        return render_template("error.html", status=403, code="forbidden", msg=msg), 403
+    return None
+
+
+# ---- paging -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    number: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, ceil(self.total / PER_PAGE))
+
+
+def paginate(query: Select) -> Page:
+    """The page of ``query`` named by ``?page=N`` (404 past the last page)."""
+    number = request.args.get("page", 1, type=int)
+    session = get_session()
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    if number < 1 or number > max(1, ceil(total / PER_PAGE)):
+        abort(404)
+    items = session.scalars(query.limit(PER_PAGE).offset((number - 1) * PER_PAGE)).unique().all()
+    return Page(items, number, total)
+
+
+# ---- dashboard and ToolCalls ------------------------------------------------------------------------
+
+
+@bp.get("/")
+def dashboard():
+    session = get_session()
+    found = dict(session.execute(select(ToolCall.status, func.count()).group_by(ToolCall.status)).all())
+    by_status = [(status.value, found.get(status.value, 0)) for status in Status]
+    fetches = dict(session.execute(select(ResultFetch.state, func.count()).group_by(ResultFetch.state)).all())
+    return render_template(
+        "ops/dashboard.html",
+        by_status=by_status,
+        total=sum(found.values()),
+        owed=fetches.get("owed", 0),
+        failed=fetches.get("failed", 0),
+    )
+
+
+class ToolCallFilter(Form):
+    """The ToolCall list's selects (a GET form: no CSRF token, nothing changes)."""
+
+    status = SelectField(
+        "Status", default="", choices=[SelectChoice("", "any")] + [SelectChoice(s.value) for s in Status]
+    )
+    tool = SelectField("Tool", default="")
+
+
+@bp.get("/toolcalls/")
+def toolcalls():
+    session = get_session()
+    form = ToolCallFilter(request.args)
+    form.tool.choices = [SelectChoice("", "any")] + [
+        SelectChoice(tool.slug, f"{tool.name} ({tool.slug})")
+        for tool in session.scalars(select(Tool).order_by(Tool.slug))
+    ]
+    if not form.validate():
+        return render_template("ops/toolcalls.html", form=form, page=None), 400
+    query = (
+        select(ToolCall)
+        .options(joinedload(ToolCall.tool), joinedload(ToolCall.user))
+        .order_by(ToolCall.started.desc(), ToolCall.id.desc())
+    )
+    if form.status.data:
+        query = query.where(ToolCall.status == form.status.data)
+    if form.tool.data:
+        query = query.join(ToolCall.tool).where(Tool.slug == form.tool.data)
+    return render_template("ops/toolcalls.html", form=form, page=paginate(query))
+
+
+@bp.get("/toolcalls/<int:toolcall_id>/")
+def toolcall(toolcall_id: int):
+    session = get_session()
+    found = session.get(ToolCall, toolcall_id)
+    if found is None:
+        abort(404)
+    fetches = session.scalars(
+        select(ResultFetch).where(ResultFetch.toolcall_id == found.id).order_by(ResultFetch.id)
+    ).all()
+    return render_template("ops/toolcall.html", toolcall=found, fetches=fetches)
+
+
+# ---- result fetches ---------------------------------------------------------------------------------
+
+
+class FetchFilter(Form):
+    state = SelectField(
+        "State", default="failed", choices=[SelectChoice(s) for s in ("failed", "owed", "done", "all")]
+    )
+
+
+class RetryForm(FlaskForm):
+    next = HiddenField()
+
+
+@bp.get("/fetches/")
+def fetches():
+    form = FetchFilter(request.args)
+    if not form.validate():
+        return render_template("ops/fetches.html", form=form, page=None), 400
+    query = (
+        select(ResultFetch)
+        .options(joinedload(ResultFetch.client))
+        .order_by(ResultFetch.reported_at.desc(), ResultFetch.id.desc())
+    )
+    if form.state.data != "all":
+        query = query.where(ResultFetch.state == form.state.data)
+    return render_template("ops/fetches.html", form=form, page=paginate(query))
+
+
+@bp.post("/fetches/<int:fetch_id>/retry")
+def retry_fetch(fetch_id: int):
+    """Re-open a failed fetch: owed again, due now, with a fresh give-up window (as when the vendor
+    reports R again, ``api.owe_fetch``); then queue it."""
+    form = RetryForm()
+    back = safe_next(form.next.data) if form.next.data else url_for("ops.fetches")
+    session = get_session()
+    fetch = session.get(ResultFetch, fetch_id)
+    if fetch is None:
+        abort(404)
+    if not form.validate_on_submit():
+        abort(400)
+    now = utcnow()
+    note = f"retried by operator {current_user.username} after failing: {fetch.last_error}"
+    # Only a fetch that is still failed: a second click, or the vendor's own re-report, must not
+    # re-open (and re-queue) a fetch that is already owed again or done.
+    reopened = session.execute(
+        update(ResultFetch)
+        .where(ResultFetch.id == fetch_id, ResultFetch.state == "failed")
+        .values(state="owed", next_attempt_at=now, reported_at=now, claimed_until=None, last_error=note),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    session.commit()
+    if reopened != 1:
+        session.refresh(fetch)
+        flash(f"Result fetch {fetch_id} is {fetch.state}, not failed: nothing to retry.", "error")
+        return redirect(back, code=303)
+    log.info("result fetch %s re-opened by operator %s", fetch_id, current_user.username)
+    try:
+        current_app.extensions["celery"].send_task(FETCH_TASK, args=[fetch_id], queue=FETCH_QUEUE)
+    except Exception as e:  # the fetch is owed in the database: the sweep queues it
+        log.error("could not queue result fetch %s (the sweep will): %s", fetch_id, e)
+        flash(
+            f"Result fetch {fetch_id} is owed again, but could not be queued ({e}); "
+            "the sweep queues it once the broker is back.",
+            "error",
+        )
+    else:
+        flash(f"Result fetch {fetch_id} is owed again and queued.")
+    return redirect(back, code=303)
+
+
+# ---- clients and tools ------------------------------------------------------------------------------
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
+def web_url(form, field) -> None:
+    """An absolute http(s) URL (https only in production, where the fetches refuse anything else)."""
+    parts = urlsplit(field.data or "")
+    production = current_app.config.get("TOOLCALL_PRODUCTION")
+    schemes = ("https",) if production else ("http", "https")
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        wanted = "an https URL (production)" if production else "an http or https URL"
+        raise ValidationError(f"must be {wanted}, e.g. https://vendor.example.org/start/")
+
+
+class ClientForm(FlaskForm):
+    name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=100)])
+    start_url = StringField(
+        "Start URL", filters=[_strip], validators=[DataRequired(), Length(max=500), web_url]
+    )
+    result_url = StringField(
+        "Result URL", filters=[_strip], validators=[DataRequired(), Length(max=500), web_url]
+    )
+    # Never rendered with its value (PasswordField): a secret goes in, it does not come out.
+    secret = PasswordField("New secret", validators=[Optional(), Length(max=255)])
+    remove_secret = BooleanField("Remove the secret")
+
+    def validate_remove_secret(self, field) -> None:
+        if field.data and self.secret.data:
+            raise ValidationError("either give a new secret or remove it, not both")
+
+
+class ToolForm(FlaskForm):
+    slug = StringField(
+        "Slug",
+        filters=[_strip],
+        validators=[
+            DataRequired(),
+            Length(max=100),
+            Regexp(
+                r"[A-Za-z0-9][A-Za-z0-9._-]*\Z",
+                message="letters, digits, '.', '_' and '-' only (it is part of the start URL)",
+            ),
+        ],
+    )
+    client = SelectField("Client", coerce=int)
+    name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=200)])
+    description = TextAreaField("Description", default="")
+    restartable = BooleanField("Restartable (a new attempt after a finished one)", default=True)
+    deadline_minutes = IntegerField(
+        "Deadline (minutes)", default=240, validators=[InputRequired(), NumberRange(min=1, max=525600)]
+    )
+
+
+def _taken(form_field, model, column, value, own_id: int | None) -> bool:
+    """Whether another row already has ``value``; if so, says so on the field."""
+    query = select(model.id).where(column == value)
+    if own_id is not None:
+        query = query.where(model.id != own_id)
+    if get_session().scalar(query) is None:
+        return False
+    form_field.errors.append(f"{value!r} is taken; choose another")
+    return True
+
+
+def _commit(form_field, value) -> bool:
+    """Commit; a unique name that another request took meanwhile is a form error, not a 500."""
+    session = get_session()
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        form_field.errors.append(f"{value!r} is taken; choose another")
+        return False
+    return True
+
+
+@bp.get("/clients/")
+def clients():
+    rows = get_session().scalars(select(Client).order_by(Client.name)).all()
+    return render_template("ops/clients.html", clients=rows)
+
+
+@bp.route("/clients/new/", methods=["GET", "POST"])
+def client_new():
+    form = ClientForm()
+    del form.remove_secret  # a new client has no secret to remove
+    if form.validate_on_submit() and not _taken(form.name, Client, Client.name, form.name.data, None):
+        save_client(
+            get_session(), form.name.data, form.start_url.data, form.result_url.data, form.secret.data
+        )
+        if _commit(form.name, form.name.data):
+            flash(f"Client {form.name.data} added.")
+            return redirect(url_for("ops.clients"), code=303)
+    return _form_page("ops/client_form.html", form, client=None)
+
+
+@bp.route("/clients/<int:client_id>/", methods=["GET", "POST"])
+def client_edit(client_id: int):
+    client = get_session().get(Client, client_id) or abort(404)
+    form = ClientForm(
+        data={
+            "name": client.name,
+            "start_url": client.receive_start_token_url,
+            "result_url": client.receive_result_token_url,
+        }
+    )
+    if form.validate_on_submit() and not _taken(form.name, Client, Client.name, form.name.data, client.id):
+        client.name = form.name.data
+        client.receive_start_token_url = form.start_url.data
+        client.receive_result_token_url = form.result_url.data
+        if form.remove_secret.data:
+            client.secret = None
+        elif form.secret.data:
+            client.secret = form.secret.data
+        if _commit(form.name, form.name.data):
+            flash(f"Client {form.name.data} saved.")
+            return redirect(url_for("ops.clients"), code=303)
+        client = get_session().get(Client, client_id)
+    return _form_page("ops/client_form.html", form, client=client)
+
+
+def _tool_form(**kwargs) -> ToolForm:
+    form = ToolForm(**kwargs)
+    form.client.choices = [
+        SelectChoice(c.id, c.name) for c in get_session().scalars(select(Client).order_by(Client.name))
+    ]
+    return form
+
+
+@bp.get("/tools/")
+def tools():
+    rows = get_session().scalars(select(Tool).options(joinedload(Tool.client)).order_by(Tool.slug)).all()
+    return render_template("ops/tools.html", tools=rows)
+
+
+@bp.route("/tools/new/", methods=["GET", "POST"])
+def tool_new():
+    form = _tool_form()
+    if form.validate_on_submit() and not _taken(form.slug, Tool, Tool.slug, form.slug.data, None):
+        session = get_session()
+        save_tool(
+            session,
+            form.slug.data,
+            session.get(Client, form.client.data),
+            form.name.data,
+            form.description.data or "",
+            form.deadline_minutes.data,
+            form.restartable.data,
+        )
+        if _commit(form.slug, form.slug.data):
+            flash(f"Tool {form.slug.data} added.")
+            return redirect(url_for("ops.tools"), code=303)
+    return _form_page("ops/tool_form.html", form, tool=None)
+
+
+@bp.route("/tools/<int:tool_id>/", methods=["GET", "POST"])
+def tool_edit(tool_id: int):
+    session = get_session()
+    tool = session.get(Tool, tool_id) or abort(404)
+    form = _tool_form(
+        data={
+            "slug": tool.slug,
+            "client": tool.client_id,
+            "name": tool.name,
+            "description": tool.description,
+            "restartable": tool.restartable,
+            "deadline_minutes": tool.deadline_minutes,
+        }
+    )
+    if form.validate_on_submit() and not _taken(form.slug, Tool, Tool.slug, form.slug.data, tool.id):
+        tool.slug = form.slug.data
+        tool.client = session.get(Client, form.client.data)
+        tool.name = form.name.data
+        tool.description = form.description.data or ""
+        tool.restartable = form.restartable.data
+        tool.deadline_minutes = form.deadline_minutes.data
+        if _commit(form.slug, form.slug.data):
+            flash(f"Tool {form.slug.data} saved.")
+            return redirect(url_for("ops.tools"), code=303)
+        tool = session.get(Tool, tool_id)
+    return _form_page("ops/tool_form.html", form, tool=tool)
+
+
+def _form_page(template: str, form: FlaskForm, **context):
+    """The form again; 400 when it was submitted and refused."""
+    return render_template(template, form=form, **context), (400 if form.errors else 200)
