@@ -174,3 +174,11 @@ def test_logout_needs_a_post_with_csrf(portal):
     assert client.get("/").status_code == 200  # a GET of the logout page logs nobody out
     response = client.post("/accounts/logout/", data={"csrf_token": csrf(page.data)})
     assert response.status_code == 302 and client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/accounts/login/", "/", "/.api/toolcall/v2/", "/fetch-token/"])
+def test_every_answer_carries_the_security_headers(portal, path):
+    headers = portal.test_client().get(path).headers
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["Referrer-Policy"] == "same-origin"

@@ -52,5 +52,22 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(portal.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.after_request(security_headers)
     cli.register(app)
     return app
+
+
+#: Sent with every answer. No ``form-action``: the start form's answer redirects to the vendor, and
+#: browsers apply ``form-action`` to that redirect too.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+}
+
+
+def security_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
