@@ -27,7 +27,8 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _seconds(name: str, default: float, kind: type = float) -> float:
+def _seconds(name: str, default: float, kind: type = float, zero: bool = False) -> float:
+    """A number of seconds from the environment: more than 0, or at least 0 where ``zero`` is allowed."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return kind(default)
@@ -37,8 +38,9 @@ def _seconds(name: str, default: float, kind: type = float) -> float:
         raise ConfigurationError(
             f"{name}={raw!r} is not a number of seconds; set e.g. {name}={default}"
         ) from None
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} must be more than 0 seconds; set e.g. {name}={default}")
+    if value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise ConfigurationError(f"{name}={raw!r} must be {least} seconds; set e.g. {name}={default}")
     return value
 
 
@@ -112,8 +114,12 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
             "TOOLCALL_TOKEN_TIMEOUT_SECS", 10 if production else 200, int
         ),
         "TOOLCALL_SWEEP_SECS": _seconds("TOOLCALL_SWEEP_SECS", 10),
-        "TOOLCALL_REQUEUE_GRACE_SECS": _seconds("TOOLCALL_REQUEUE_GRACE_SECS", 30),
+        # 0 is allowed: the sweep then re-queues an owed fetch as soon as it is due (a duplicate
+        # message is harmless, the task claims the fetch first).
+        "TOOLCALL_REQUEUE_GRACE_SECS": _seconds("TOOLCALL_REQUEUE_GRACE_SECS", 30, zero=True),
         "TOOLCALL_FETCH_GIVE_UP_SECS": _seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
+        # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (spec §5: 5 s).
+        "TOOLCALL_FETCH_BACKOFF_BASE_SECS": _seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
         "TOOLCALL_RATELIMIT": os.environ.get("TOOLCALL_RATELIMIT", "on").strip().lower() != "off",
         "TOOLCALL_RATELIMIT_LOGIN": os.environ.get("TOOLCALL_RATELIMIT_LOGIN") or "10/minute",
         "TOOLCALL_RATELIMIT_LOGIN_ADDRESS": os.environ.get("TOOLCALL_RATELIMIT_LOGIN_ADDRESS") or "60/minute",

@@ -7,7 +7,9 @@ Two steps, because they fail differently:
    the owed fetch (there is no ToolCall to blame).
 2. **Validation** -- ``token`` is the result token, ``persnr`` the ToolCall's user's, ``exam`` the
    tool's slug (or ``<slug>:...``), ``passed`` a boolean, ``score`` an integer >= 0 or absent/null.
-   An attributed but invalid body moves that ToolCall to ``result-received-err``.
+   Every extracted field must also fit its column (length, no NUL character), so that a valid
+   result can always be stored. An attributed but invalid body moves that ToolCall to
+   ``result-received-err``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from webapp.models import Client, ToolCall
+from webapp.models import Client, ToolCall, ToolCallResult
 from webapp.signing import verify_system
 
 MAX_BODY = 1024 * 1024
@@ -49,9 +51,15 @@ def attribute(
     """The ToolCall a body is for, and the parsed body; raises Unattributable saying why."""
     if len(body) > MAX_BODY:
         raise Unattributable(f"the body is larger than {MAX_BODY} bytes")
+    # UTF-8 first, then JSON: json.loads would also take bytes in UTF-16 or UTF-32, and such a body
+    # could then not be stored verbatim as text -- the fetch would crash after attributing it.
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Unattributable(f"the body is not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        document = json.loads(text)
+    except ValueError as e:
         raise Unattributable(f"the body is not JSON ({e})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
         raise Unattributable("the body is not a JSON object with a data object")
@@ -101,8 +109,32 @@ def validate(document: dict, toolcall: ToolCall, token: str) -> ResultFields:
             timestamp = datetime.fromisoformat(document["timestamp"])
             if timestamp.tzinfo is None:
                 timestamp = timestamp.replace(tzinfo=UTC)  # no timezone: taken as UTC
-        except (TypeError, ValueError):
+            timestamp = timestamp.astimezone(UTC)  # as stored; year 1 at +14:00 does not exist in UTC
+        except (TypeError, ValueError, OverflowError):
             problems.append(f"timestamp is {document['timestamp']!r}, not an ISO 8601 date and time")
+    if not problems:
+        problems += _storable(exam=exam, exam_type=exam_type, participant_id=str(participant), score=score)
     if problems:
         raise InvalidResult("; ".join(problems))
     return ResultFields(data["persnr"], str(participant), exam, exam_type, passed, score, timestamp)
+
+
+#: The largest score the result table holds (a 32-bit integer column).
+MAX_SCORE = 2**31 - 1
+
+
+def _storable(score: int | None, **texts: str) -> list[str]:
+    """Problems that would stop a result with these fields from being stored: texts longer than
+    their column or holding NUL characters (PostgreSQL text cannot), a score past the column's
+    range. Found here they make the result invalid, with a reason; found by the database they
+    would make every attempt of the fetch crash until it gives up."""
+    problems = []
+    for name, value in texts.items():
+        limit = ToolCallResult.__table__.c[name].type.length
+        if len(value) > limit:
+            problems.append(f"{name} is {len(value)} characters long, more than {limit}")
+        if "\x00" in value:
+            problems.append(f"{name} contains a NUL character")
+    if score is not None and score > MAX_SCORE:
+        problems.append(f"score is {score}, more than {MAX_SCORE}")
+    return problems

@@ -12,7 +12,9 @@ The life of a result fetch:
    attributed invalid one moves the ToolCall to ``result-received-err``; one that cannot be
    attributed fails the fetch. A retryable outcome (connection error, timeout, 5xx, 429, early
    404/409/425) is retried with backoff, through Celery's own retry when due within 10 minutes, and
-   by the sweep when later. Every attempt is recorded on the row.
+   by the sweep when later. Every attempt is recorded on the row. The delay before attempt n+1 is
+   ``min(base · 2^n, 1 h)`` with equal jitter, ``base`` being ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``
+   (default 5 s, as §5 says; tests make it small), unless the vendor's ``Retry-After`` says otherwise.
 5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep re-queues owed fetches whose next attempt is
    overdue (their message was lost), expires unused start tokens and attempts past their deadline.
 """
@@ -93,20 +95,43 @@ def fetch_result(self, fetch_id: int) -> str:
         request["url"],
         request["token"],
         client_secret=request["client_secret"],
-        webhook_id=f"fetch-{fetch_id}",  # stable across retries
+        webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
         production=config["TOOLCALL_PRODUCTION"],
         within_grace=request["within_grace"],
     )
-    with db.session() as session:
-        fetch = session.get(ResultFetch, fetch_id)
-        fetch.body = outcome.body[:KEPT_BODY].decode("utf-8", "replace") if outcome.body else ""
-        fetch.claimed_until = None
-        if outcome.kind == "ok":
-            verdict = _decide(session, fetch, outcome.body, config)
-        elif outcome.kind == "retry":
-            verdict = _plan_retry(fetch, outcome, config)
-        else:
-            verdict = _fail(fetch, outcome.error)
+    try:
+        with db.session() as session:
+            fetch = session.get(ResultFetch, fetch_id)
+            fetch.body = _kept(outcome.body)
+            fetch.claimed_until = None
+            if outcome.kind == "ok":
+                verdict = _decide(session, fetch, outcome.body, config)
+            elif outcome.kind == "retry":
+                verdict = _plan_retry(fetch, outcome, config)
+            else:
+                verdict = _fail(fetch, outcome.error)
+    except Exception as e:
+        # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as
+        # one to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would
+        # re-queue it, and it would fail the same way for ever, the give-up time never applying.
+        # A ToolCall that another process moved meanwhile (another result for the same attempt, the
+        # sweep) is decided again at once, on its new state; anything else after the backoff.
+        concurrent = isinstance(e, lifecycle.ConcurrentTransition)
+        if not concurrent:
+            log.exception("result fetch %s: recording the outcome failed", fetch_id)
+        retry = vendor_client.FetchOutcome(
+            "retry",
+            outcome.status,
+            outcome.body,
+            error=f"{'the attempt changed meanwhile' if concurrent else 'recording the result failed'}: "
+            + str(e)[:500],  # a database error can quote a whole statement
+            retry_after=0.0 if concurrent else None,
+        )
+        with db.session() as session:
+            fetch = session.get(ResultFetch, fetch_id)
+            fetch.body = _kept(outcome.body)
+            fetch.claimed_until = None
+            verdict = _plan_retry(fetch, retry, config)
     if verdict.startswith("retry in "):
         delay = float(verdict.split()[2])
         if delay <= NEAR_RETRY_SECS:
@@ -114,7 +139,18 @@ def fetch_result(self, fetch_id: int) -> str:
     return verdict
 
 
+def _text(value: str) -> str:
+    """``value`` as a database can keep it: PostgreSQL text holds no NUL character."""
+    return value.replace("\x00", "\ufffd")
+
+
+def _kept(body: bytes) -> str:
+    """What is kept of a body on the fetch record, for inspection (capped, any bytes at all)."""
+    return _text(body[:KEPT_BODY].decode("utf-8", "replace")) if body else ""
+
+
 def _fail(fetch: ResultFetch, reason: str) -> str:
+    reason = _text(reason)
     fetch.state = "failed"
     fetch.last_error = reason
     log.error("result fetch %s failed for good: %s", fetch.id, reason)
@@ -125,12 +161,12 @@ def _plan_retry(fetch: ResultFetch, outcome, config: dict) -> str:
     delay = (
         outcome.retry_after
         if outcome.retry_after is not None
-        else vendor_client.backoff_delay(fetch.attempts)
+        else vendor_client.backoff_delay(fetch.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
     )
     due = utcnow() + timedelta(seconds=delay)
     if due > fetch.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):
         return _fail(fetch, f"gave up after {fetch.attempts} attempts; last: {outcome.error}")
-    fetch.last_error = outcome.error
+    fetch.last_error = _text(outcome.error)
     fetch.next_attempt_at = due
     log.warning("result fetch %s: %s; retry in %.0f s", fetch.id, outcome.error, delay)
     return f"retry in {delay:.3f} s: {outcome.error}"
@@ -144,13 +180,15 @@ def _decide(session, fetch: ResultFetch, body: bytes, config: dict) -> str:
     except Unattributable as e:
         return _fail(fetch, f"the result cannot be attributed: {e}")
     fetch.toolcall_id = toolcall.id
-    late = toolcall.status in (Status.FINISHED_OK, Status.FINISHED_ERR)
+    late = _late(toolcall)
     if toolcall.status != Status.FINISHED_OK:
+        again = toolcall.status == Status.FINISHED_ERR and not late
         lifecycle.advance(
             session,
             toolcall,
             Status.RESULT_TK_RECEIVED,
-            f"result token {fetch.token!r} from {fetch.client.name}" + (" (late)" if late else ""),
+            f"result token {fetch.token!r} from {fetch.client.name}"
+            + (" (late)" if late else " (again)" if again else ""),
         )
     try:
         fields = validate(document, toolcall, fetch.token)
@@ -175,6 +213,23 @@ def _decide(session, fetch: ResultFetch, body: bytes, config: dict) -> str:
     fetch.last_error = ""
     log.info("result fetch %s: stored for toolcall %s%s", fetch.id, toolcall.id, " (late)" if late else "")
     return f"stored for toolcall {toolcall.id}" + (" (late)" if late else "")
+
+
+def _late(toolcall: ToolCall) -> bool:
+    """Whether a result for ``toolcall`` is late (spec §6): the attempt had ended before it came --
+    finished-ok, or finished-err because it was superseded, its start token expired or it timed
+    out. An attempt that ended only because its result was invalid (``result-received-err``) and
+    gets a result again (the vendor reported again, or an operator retried) is not late."""
+    if toolcall.status == Status.FINISHED_OK:
+        return True
+    if toolcall.status != Status.FINISHED_ERR:
+        return False
+    previous = None
+    for row in toolcall.log:
+        if row.status == Status.FINISHED_ERR and previous != Status.RESULT_RECEIVED_ERR:
+            return True
+        previous = row.status
+    return False
 
 
 @app.task(name="toolcall.sweep")
@@ -207,11 +262,14 @@ def sweep() -> dict:
         fetch_result.apply_async(args=[fetch_id], queue="callbacks")
         counts["requeued"] += 1
     with db.session() as session:
-        for toolcall in session.scalars(select(ToolCall).where(ToolCall.status == Status.START_TK_SENT)):
+        # Read whole before changing any: advancing writes to the table a pending cursor would read.
+        waiting = session.scalars(select(ToolCall).where(ToolCall.status == Status.START_TK_SENT)).all()
+        for toolcall in waiting:
             if toolcall.started + token_ttl < now:
                 _expire(session, toolcall, Status.START_TK_ERR, "the start token expired unused")
                 counts["tokens_expired"] += 1
-        for toolcall in session.scalars(select(ToolCall).where(ToolCall.status == Status.START_DATA_SENT)):
+        running = session.scalars(select(ToolCall).where(ToolCall.status == Status.START_DATA_SENT)).all()
+        for toolcall in running:
             if toolcall.started + timedelta(minutes=toolcall.tool.deadline_minutes) < now:
                 _expire(
                     session,
