@@ -28,6 +28,8 @@ examples/tools/c/strtool: examples/tools/c/strtool.c
 bench: $(STAMP)
 	$(PY) bench/aterm_bench.py
 	$(PY) bench/eval_vs_celery.py
+	$(PY) bench/start_storm.py
+	$(PY) bench/result_storm.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
