@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.support import header, row, spread, stop  # noqa: E402
+
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
 CONCURRENCY = 2  # children of each worker (the machine has 2 cores); the same on both sides
 CALLERS = 8
@@ -64,18 +66,6 @@ function_signatures = ["eval(echo(<int>), <int>)"]
 """
 
 
-def row(name: str, ours: str, baseline: str, ratio: float, target: str, ok: bool) -> None:
-    print(f"{name:<34} {ours:>14} {baseline:>14} {ratio:>8.2f}x  {target:<12} {'ok' if ok else 'MISSED'}")
-
-
-def spread(unit: str, ratios: list[float]) -> None:
-    """How much the ratio moved from one block or round to the next (the machine's drift)."""
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    print(
-        f"  per-{unit} ratios: middle half {q1:.2f}x .. {q3:.2f}x, all {min(ratios):.2f}x .. {max(ratios):.2f}x ({len(ratios)} {unit}s)"
-    )
-
-
 # ---- infrastructure ------------------------------------------------------------------------------
 
 
@@ -85,25 +75,6 @@ def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def _stop(procs: list[subprocess.Popen], timeout: float) -> None:
-    """SIGTERM to all (warm shutdown; the launcher stops its workers first), then SIGKILL to what is
-    left of each process group after ``timeout``."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"pid {proc.pid} did not stop within {timeout:.0f} s; killing it", file=sys.stderr)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its group (pool children)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
 
 
 def _wait_for_workers(app, names: list[str], procs: list[tuple[subprocess.Popen, Path]]) -> None:
@@ -192,7 +163,7 @@ def measure(bus, bare) -> None:
     timed_calls(ours, 50)
     timed_calls(base, 50)
 
-    print(f"{'measure':<34} {'ours':>14} {'baseline':>14} {'ratio':>9}  {'target':<12}")
+    header()
 
     # 1. round trip
     a, b = alternate(lambda: timed_calls(ours, BLOCK), lambda: timed_calls(base, BLOCK), LATENCY_ROUNDS)
@@ -303,7 +274,7 @@ def main() -> int:
         _wait_for_workers(bus.app, ["toolbus-shared-bench@", "bench-bare@"], procs)
         measure(bus, bare_task.echo)
     finally:
-        _stop([proc for proc, _ in procs], STOP_TIMEOUT)
+        stop([proc for proc, _ in procs], STOP_TIMEOUT)
         client.flushdb()
         for f in workdir.iterdir():
             f.unlink()

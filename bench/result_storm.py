@@ -6,7 +6,7 @@ one real ``callbacks`` worker -- every result stored exactly once, in at most 1.
 The ideal is RESULTS x VENDOR_DELAY / C: the fetches alone, C at a time, with nothing else costing
 anything (1000 x 0.1 s / 32 = 3.1 s). The target is a total time of at most 1.5x that.
 
-It starts its own infrastructure and stops it again, also on error (bench/portal_infra.py):
+It starts its own infrastructure and stops it again, also on error (bench/support.py):
 
 - a temporary instance (BENCH_DATABASE: ``sqlite``, the default deployment, a file in a temporary
   folder; ``postgresql``, a fresh database; ``both``, one run on each -- the default, since 32
@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from bench.portal_infra import (  # noqa: E402
+from bench.support import (  # noqa: E402
     REDIS_URL,
     Instance,
     clean_env,

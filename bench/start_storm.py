@@ -3,7 +3,7 @@ data, through gunicorn -- against a bare Flask endpoint served the same way, in 
 
     .venv/bin/python bench/start_storm.py
 
-It starts its own infrastructure and stops it again, also on error (bench/portal_infra.py):
+It starts its own infrastructure and stops it again, also on error (bench/support.py):
 
 - a temporary instance: a SQLite file in a temporary folder (the default deployment;
   BENCH_DATABASE=postgresql for a fresh PostgreSQL database instead), Redis db 2 (BENCH_REDIS_URL;
@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from bench.portal_infra import (  # noqa: E402
+from bench.support import (  # noqa: E402
     Instance,
     gunicorn,
     header,

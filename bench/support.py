@@ -1,4 +1,5 @@
-"""Infrastructure shared by the portal benchmarks (bench/start_storm.py, bench/result_storm.py).
+"""Infrastructure shared by the benchmarks that start processes (bench/eval_vs_celery.py,
+bench/start_storm.py, bench/result_storm.py).
 
 Everything here is made for one run and removed again, also on error:
 
@@ -152,7 +153,8 @@ def start(
 
 
 def stop(procs: list[subprocess.Popen], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM to all, then SIGKILL to what is left of each process group after ``timeout``."""
+    """SIGTERM to all (warm shutdown), then SIGKILL to what is left of each process group after
+    ``timeout`` (gunicorn workers, Celery pool children)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -163,7 +165,7 @@ def stop(procs: list[subprocess.Popen], timeout: float = STOP_TIMEOUT) -> None:
         except subprocess.TimeoutExpired:
             print(f"pid {proc.pid} did not stop within {timeout:.0f} s; killing it", file=sys.stderr)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its group (gunicorn workers)
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its group
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
