@@ -12,11 +12,11 @@
 Raw sockets and ``toolbus.wire`` only, so that nothing tidies the garbage up.
 """
 
-import socket
 import sys
 
+from rawtool import connect, messages
+
 from toolbus import wire
-from toolbus.adapter import parse_arguments
 from toolbus.aterm import parse
 
 GARBAGE = {
@@ -29,19 +29,9 @@ GARBAGE = {
 
 
 def main() -> None:
-    args = parse_arguments(sys.argv[1:])
-    sock = socket.create_connection((args["host"], int(args["port"])), timeout=30)
-    sock.settimeout(None)
-    side = wire.ToolSide()
-    sock.sendall(side.send(wire.Connect(args["name"], int(args["id"]))))
-    while True:
-        message = side.next_message()
-        if message is None:
-            data = sock.recv(65536)
-            if not data:
-                return
-            side.receive_data(data)
-        elif isinstance(message, wire.Signature):
+    sock, side = connect()
+    for message in messages(sock, side):
+        if isinstance(message, wire.Signature):
             sock.sendall(side.send(wire.Void()))
         elif isinstance(message, wire.Eval) and message.call.name == "garbage":
             mode = message.call.args[0].name
