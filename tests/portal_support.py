@@ -17,6 +17,7 @@ functions it uses and asks for them by that name.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,3 +195,26 @@ def app_fixture(tmp_path: Path, portal_environment: pytest.MonkeyPatch) -> Itera
     )
     yield app
     app.extensions["db"].dispose()
+
+
+# ---- logging in through the forms ---------------------------------------------------------------------
+
+
+def csrf(html: bytes) -> str:
+    """The CSRF token of the (first) form on a page."""
+    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', html).group(1).decode()
+
+
+def login(client, username: str, password: str):
+    """Post the login form as a browser would; returns the answer."""
+    token = csrf(client.get("/accounts/login/").data)
+    return client.post(
+        "/accounts/login/", data={"username": username, "password": password, "csrf_token": token}
+    )
+
+
+def logged_in(app, username: str, password: str):
+    """A test client logged in as ``username``."""
+    client = app.test_client()
+    assert login(client, username, password).status_code == 302
+    return client

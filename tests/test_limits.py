@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from portal_support import (  # noqa: F401
     REDIS_URL,
     add_client,
     add_user,
     app_fixture,
+    login,
     portal_environment_fixture,
     redis_db_fixture,
 )
@@ -26,28 +25,21 @@ def portal_fixture(app, redis_db):
     return app
 
 
-def login(client, username: str, password: str = "wrong"):
-    token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', client.get("/accounts/login/").data).group(1)
-    return client.post(
-        "/accounts/login/", data={"username": username, "password": password, "csrf_token": token.decode()}
-    )
-
-
 def test_the_eleventh_login_for_one_username_in_a_minute_is_refused(portal):
     client = portal.test_client()
-    codes = [login(client, "candidate").status_code for _ in range(11)]
+    codes = [login(client, "candidate", "wrong").status_code for _ in range(11)]
     assert codes == [401] * 10 + [429]
     assert login(client, "candidate", "secret").status_code == 429  # even with the right password
 
 
 def test_an_unknown_username_is_limited_exactly_like_a_known_one(portal):
     client = portal.test_client()
-    assert [login(client, "nobody").status_code for _ in range(11)] == [401] * 10 + [429]
+    assert [login(client, "nobody", "wrong").status_code for _ in range(11)] == [401] * 10 + [429]
 
 
 def test_one_address_may_try_sixty_logins_a_minute_across_usernames(portal):
     client = portal.test_client()
-    codes = [login(client, f"user{i}").status_code for i in range(61)]
+    codes = [login(client, f"user{i}", "wrong").status_code for i in range(61)]
     assert codes == [401] * 60 + [429]
 
 

@@ -14,6 +14,8 @@ from portal_support import (  # fixtures below are asked for by name  # noqa: F4
     add_tool,
     add_user,
     app_fixture,
+    csrf,
+    logged_in,
     portal_environment_fixture,
     redis_db_fixture,
 )
@@ -24,6 +26,7 @@ from webapp import lifecycle
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
 
+OPERATOR = ("operator", "ops-password")  # an admin: may use the ops pages
 SECRET = "very-secret-value-42"
 HAPPY_PATH = [
     Status.START_TK_SENT,
@@ -42,26 +45,12 @@ def ops_fixture(app, redis_db):
     with app.extensions["db"].session() as session:
         client = add_client(session, "vendor")
         add_tool(session, client, "excel")
-        add_user(session, "operator", password="ops-password").is_admin = True
+        add_user(session, OPERATOR[0], password=OPERATOR[1]).is_admin = True
         add_user(session, "candidate", password="secret")
     return app
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-
-
-def csrf(html: bytes) -> str:
-    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', html).group(1).decode()
-
-
-def logged_in(app, username="operator", password="ops-password"):
-    client = app.test_client()
-    token = csrf(client.get("/accounts/login/").data)
-    response = client.post(
-        "/accounts/login/", data={"username": username, "password": password, "csrf_token": token}
-    )
-    assert response.status_code == 302
-    return client
 
 
 def new_toolcall(app, statuses=(), slug="excel", username="candidate", started=None) -> int:
@@ -174,16 +163,16 @@ def test_a_user_who_is_not_an_admin_gets_403(ops, page):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_an_admin_sees_every_page(ops, page):
-    assert logged_in(ops).get(page_url(ops, page)).status_code == 200
+    assert logged_in(ops, *OPERATOR).get(page_url(ops, page)).status_code == 200
 
 
 def test_the_portal_nav_links_to_ops_for_admins_only(ops):
-    assert b'href="/ops/"' in logged_in(ops).get("/").data
+    assert b'href="/ops/"' in logged_in(ops, *OPERATOR).get("/").data
     assert b'href="/ops/"' not in logged_in(ops, "candidate", "secret").get("/").data
 
 
 def test_an_unknown_toolcall_is_404(ops):
-    assert logged_in(ops).get("/ops/toolcalls/999/").status_code == 404
+    assert logged_in(ops, *OPERATOR).get("/ops/toolcalls/999/").status_code == 404
 
 
 # ---- dashboard --------------------------------------------------------------------------------------
@@ -194,7 +183,7 @@ def test_the_dashboard_counts_toolcalls_by_every_status_zeros_included(ops):
     new_toolcall(ops, HAPPY_PATH)
     new_toolcall(ops, [Status.START_TK_SENT, Status.START_TK_ERR])  # ends in finished-err
     new_toolcall(ops, [Status.START_TK_SENT])
-    html = logged_in(ops).get("/ops/").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
     counts = {status.value: count_cell(html, f"status-{status.value}") for status in Status}
     expected = dict.fromkeys((s.value for s in Status), 0)
     expected.update({"finished-ok": 2, "finished-err": 1, "start-tk-sent": 1})
@@ -206,7 +195,7 @@ def test_the_dashboard_counts_owed_and_failed_fetches(ops):
     new_fetch(ops, "R2", "failed")
     new_fetch(ops, "R3", "failed")
     new_fetch(ops, "R4", "done")
-    html = logged_in(ops).get("/ops/").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
     assert (count_cell(html, "fetches-owed"), count_cell(html, "fetches-failed")) == (1, 2)
 
 
@@ -216,7 +205,7 @@ def test_the_dashboard_counts_owed_and_failed_fetches(ops):
 def test_the_toolcall_list_filters_by_status(ops):
     finished = new_toolcall(ops, HAPPY_PATH)
     new_toolcall(ops, [Status.START_TK_SENT])
-    html = logged_in(ops).get("/ops/toolcalls/?status=finished-ok").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?status=finished-ok").data.decode()
     assert listed_toolcalls(html) == [finished]
 
 
@@ -225,7 +214,7 @@ def test_the_toolcall_list_filters_by_tool(ops):
         add_tool(session, session.scalar(select(Client)), "word")
     new_toolcall(ops, slug="excel")
     word = new_toolcall(ops, slug="word")
-    html = logged_in(ops).get("/ops/toolcalls/?tool=word").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?tool=word").data.decode()
     assert listed_toolcalls(html) == [word]
 
 
@@ -235,44 +224,44 @@ def test_the_toolcall_list_filters_by_status_and_tool_together(ops):
     new_toolcall(ops, HAPPY_PATH, slug="excel")
     new_toolcall(ops, [Status.START_TK_SENT], slug="word")
     wanted = new_toolcall(ops, HAPPY_PATH, slug="word")
-    html = logged_in(ops).get("/ops/toolcalls/?status=finished-ok&tool=word").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?status=finished-ok&tool=word").data.decode()
     assert listed_toolcalls(html) == [wanted]
 
 
 def test_the_toolcall_list_offers_every_status_and_tool_in_its_selects(ops):
-    html = logged_in(ops).get("/ops/toolcalls/").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/").data.decode()
     options = set(re.findall(r'<option[^>]*value="([^"]*)"', html))
     assert options == {"", "excel"} | {s.value for s in Status}
 
 
 def test_an_unknown_status_filter_is_a_form_error(ops):
-    response = logged_in(ops).get("/ops/toolcalls/?status=lost")
+    response = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?status=lost")
     assert response.status_code == 400 and b'class="error"' in response.data
 
 
 def test_the_toolcall_list_shows_the_newest_first_fifty_a_page(ops):
     start = utcnow() - timedelta(days=1)
     ids = [new_toolcall(ops, started=start + timedelta(minutes=i)) for i in range(51)]
-    client = logged_in(ops)
+    client = logged_in(ops, *OPERATOR)
     first = listed_toolcalls(client.get("/ops/toolcalls/").data.decode())
     second = listed_toolcalls(client.get("/ops/toolcalls/?page=2").data.decode())
     assert first == ids[::-1][:50] and second == [ids[0]]
 
 
 def test_a_page_past_the_last_is_404(ops):
-    assert logged_in(ops).get("/ops/toolcalls/?page=2").status_code == 404
+    assert logged_in(ops, *OPERATOR).get("/ops/toolcalls/?page=2").status_code == 404
 
 
 def test_the_pager_keeps_the_filter(ops):
     for _ in range(51):
         new_toolcall(ops)
-    html = logged_in(ops).get("/ops/toolcalls/?tool=excel").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?tool=excel").data.decode()
     assert re.search(r'rel="next" href="/ops/toolcalls/\?[^"]*tool=excel', html)
 
 
 def test_the_toolcall_page_shows_the_user_and_the_whole_log_in_order(ops):
     toolcall_id = new_toolcall(ops, HAPPY_PATH)
-    html = logged_in(ops).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
+    html = logged_in(ops, *OPERATOR).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
     rows = re.findall(r'<tr class="log"><td>[^<]+</td><td>([^<]+)</td><td>([^<]*)</td></tr>', html)
     assert rows == [("initial", "attempt started")] + [(str(s), f"moved to {s}") for s in HAPPY_PATH]
     with ops.extensions["db"].session() as session:
@@ -290,7 +279,7 @@ def test_the_toolcall_page_shows_a_stored_result_with_its_body_verbatim(ops):
                 passed=True, score=17, late=True,
             )
         )  # fmt: skip
-    html = logged_in(ops).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
+    html = logged_in(ops, *OPERATOR).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
     shown = re.search(r'<pre class="data">(.*?)</pre>', html, re.S).group(1)
     assert shown == body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;")
     assert re.search(r"<th>Late</th><td>yes</td>", html) and "<th>Score</th><td>17</td>" in html
@@ -301,7 +290,7 @@ def test_the_toolcall_page_shows_its_fetches_with_a_retry_button_for_a_failed_on
     fetch_id = new_fetch(
         ops, "R9", "failed", toolcall_id, attempts=3, last_error="HTTP 500", body="oops from vendor"
     )
-    html = logged_in(ops).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
+    html = logged_in(ops, *OPERATOR).get(f"/ops/toolcalls/{toolcall_id}/").data.decode()
     row = re.search(rf'<tr class="fetch" id="fetch-{fetch_id}">(.*?)</tr>', html, re.S).group(1)
     assert "R9" in row and "failed" in row and "HTTP 500" in row and "oops from vendor" in row
     assert f'action="/ops/fetches/{fetch_id}/retry"' in row
@@ -313,21 +302,21 @@ def test_the_toolcall_page_shows_its_fetches_with_a_retry_button_for_a_failed_on
 def test_the_fetch_list_shows_the_failed_fetches_by_default(ops):
     failed = new_fetch(ops, "R1", "failed")
     new_fetch(ops, "R2", "owed")
-    html = logged_in(ops).get("/ops/fetches/").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/fetches/").data.decode()
     assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(failed)]
 
 
 def test_the_fetch_list_filters_by_state(ops):
     new_fetch(ops, "R1", "failed")
     owed = new_fetch(ops, "R2", "owed")
-    html = logged_in(ops).get("/ops/fetches/?state=owed").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/fetches/?state=owed").data.decode()
     assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(owed)]
 
 
 def test_only_a_failed_fetch_has_a_retry_button(ops):
     new_fetch(ops, "R1", "failed")
     new_fetch(ops, "R2", "owed")
-    html = logged_in(ops).get("/ops/fetches/?state=all").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/fetches/?state=all").data.decode()
     assert len(re.findall(r'action="/ops/fetches/\d+/retry"', html)) == 1
 
 
@@ -337,7 +326,7 @@ def test_retry_reopens_a_failed_fetch(ops):
         next_attempt_at=utcnow() - timedelta(days=2), reported_at=utcnow() - timedelta(days=2),
     )  # fmt: skip
     before = utcnow()
-    assert retry(logged_in(ops), fetch_id).status_code == 303
+    assert retry(logged_in(ops, *OPERATOR), fetch_id).status_code == 303
     fetch = get_fetch(ops, fetch_id)
     assert (fetch.state, fetch.claimed_until) == ("owed", None)
     assert before <= fetch.next_attempt_at <= utcnow() and before <= fetch.reported_at
@@ -346,7 +335,7 @@ def test_retry_reopens_a_failed_fetch(ops):
 
 def test_retry_puts_the_fetch_task_on_the_callbacks_queue(ops, redis_db):
     fetch_id = new_fetch(ops, state="failed")
-    retry(logged_in(ops), fetch_id)
+    retry(logged_in(ops, *OPERATOR), fetch_id)
     [message] = [json.loads(raw) for raw in redis_db.lrange("callbacks", 0, -1)]
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert (message["headers"]["task"], args) == ("toolcall.fetch_result", [fetch_id])
@@ -354,7 +343,7 @@ def test_retry_puts_the_fetch_task_on_the_callbacks_queue(ops, redis_db):
 
 def test_retry_returns_to_the_list_with_a_message(ops):
     fetch_id = new_fetch(ops, state="failed")
-    client = logged_in(ops)
+    client = logged_in(ops, *OPERATOR)
     response = retry(client, fetch_id, next="/ops/fetches/?state=failed")
     assert response.headers["Location"] == "/ops/fetches/?state=failed"
     assert f"Result fetch {fetch_id} is owed again and queued." in client.get("/ops/fetches/").data.decode()
@@ -363,7 +352,7 @@ def test_retry_returns_to_the_list_with_a_message(ops):
 def test_retry_from_the_toolcall_page_returns_to_it(ops):
     toolcall_id = new_toolcall(ops)
     fetch_id = new_fetch(ops, state="failed", toolcall_id=toolcall_id)
-    client = logged_in(ops)
+    client = logged_in(ops, *OPERATOR)
     page = f"/ops/toolcalls/{toolcall_id}/"
     form = re.search(r'name="next" value="([^"]+)"', client.get(page).data.decode()).group(1)
     response = retry(client, fetch_id, page, next=form)
@@ -372,13 +361,13 @@ def test_retry_from_the_toolcall_page_returns_to_it(ops):
 
 def test_retry_does_not_redirect_off_site(ops):
     fetch_id = new_fetch(ops, state="failed")
-    response = retry(logged_in(ops), fetch_id, next="https://evil.example/")
+    response = retry(logged_in(ops, *OPERATOR), fetch_id, next="https://evil.example/")
     assert response.headers["Location"] == "/"
 
 
 def test_retry_without_a_csrf_token_is_refused(ops, redis_db):
     fetch_id = new_fetch(ops, state="failed")
-    response = logged_in(ops).post(f"/ops/fetches/{fetch_id}/retry")
+    response = logged_in(ops, *OPERATOR).post(f"/ops/fetches/{fetch_id}/retry")
     assert response.status_code == 400
     assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen("callbacks") == 0
 
@@ -393,7 +382,7 @@ def test_retry_by_a_user_who_is_not_an_admin_is_refused(ops, redis_db):
 
 def test_retry_of_a_fetch_that_is_not_failed_changes_nothing(ops, redis_db):
     fetch_id = new_fetch(ops, state="done", last_error="")
-    client = logged_in(ops)
+    client = logged_in(ops, *OPERATOR)
     retry(client, fetch_id)
     assert get_fetch(ops, fetch_id).state == "done" and redis_db.llen("callbacks") == 0
     assert "is done, not failed" in client.get("/ops/fetches/").data.decode()
@@ -403,7 +392,7 @@ def test_retry_of_a_fetch_that_is_not_failed_changes_nothing(ops, redis_db):
 
 
 def test_an_admin_adds_a_client(ops):
-    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(secret=SECRET))
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/clients/new/", client_form(secret=SECRET))
     assert response.status_code == 303
     acme = clients(ops)["acme"]
     saved = (acme.receive_start_token_url, acme.receive_result_token_url, acme.secret)
@@ -411,7 +400,7 @@ def test_an_admin_adds_a_client(ops):
 
 
 def test_a_client_without_a_secret_gets_none(ops):
-    post_form(logged_in(ops), "/ops/clients/new/", client_form(secret=""))
+    post_form(logged_in(ops, *OPERATOR), "/ops/clients/new/", client_form(secret=""))
     assert clients(ops)["acme"].secret is None
 
 
@@ -419,19 +408,21 @@ def test_a_client_without_a_secret_gets_none(ops):
     "url", ["ftp://acme.example/", "javascript:alert(1)", "acme.example/start/", "https://", ""]
 )
 def test_a_client_url_must_be_http_or_https(ops, url):
-    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(start=url))
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/clients/new/", client_form(start=url))
     assert response.status_code == 400 and b'class="error"' in response.data
     assert "acme" not in clients(ops)
 
 
 def test_in_production_a_client_url_must_be_https(ops):
     ops.config["TOOLCALL_PRODUCTION"] = True
-    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(result="http://acme.example/r/"))
+    response = post_form(
+        logged_in(ops, *OPERATOR), "/ops/clients/new/", client_form(result="http://acme.example/r/")
+    )
     assert response.status_code == 400 and b"https URL" in response.data
 
 
 def test_a_taken_client_name_is_a_form_error(ops):
-    response = post_form(logged_in(ops), "/ops/clients/new/", client_form(name="vendor"))
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/clients/new/", client_form(name="vendor"))
     assert response.status_code == 400 and b"&#39;vendor&#39; is taken" in response.data
     assert clients(ops)["vendor"].receive_start_token_url == "https://vendor.example.org/start/"
 
@@ -441,7 +432,7 @@ def test_an_admin_edits_a_client_and_its_secret_is_kept(ops):
         session.scalar(select(Client)).secret = SECRET
     url = f"/ops/clients/{clients(ops)['vendor'].id}/"
     form = client_form(name="vendor2", start="http://vendor.example/s/", result="http://vendor.example/r/")
-    assert post_form(logged_in(ops), url, form).status_code == 303
+    assert post_form(logged_in(ops, *OPERATOR), url, form).status_code == 303
     edited = clients(ops)["vendor2"]
     assert (edited.receive_start_token_url, edited.secret) == ("http://vendor.example/s/", SECRET)
 
@@ -450,7 +441,7 @@ def test_an_admin_removes_a_clients_secret(ops):
     with ops.extensions["db"].session() as session:
         session.scalar(select(Client)).secret = SECRET
     url = f"/ops/clients/{clients(ops)['vendor'].id}/"
-    post_form(logged_in(ops), url, client_form(name="vendor", remove_secret="y"))
+    post_form(logged_in(ops, *OPERATOR), url, client_form(name="vendor", remove_secret="y"))
     assert clients(ops)["vendor"].secret is None
 
 
@@ -458,20 +449,20 @@ def test_renaming_a_client_to_a_taken_name_is_a_form_error(ops):
     with ops.extensions["db"].session() as session:
         add_client(session, "other")
     url = f"/ops/clients/{clients(ops)['other'].id}/"
-    response = post_form(logged_in(ops), url, client_form(name="vendor"))
+    response = post_form(logged_in(ops, *OPERATOR), url, client_form(name="vendor"))
     assert response.status_code == 400 and b"is taken" in response.data
     assert set(clients(ops)) == {"vendor", "other"}
 
 
 def test_a_client_form_without_a_csrf_token_is_refused(ops):
-    response = logged_in(ops).post("/ops/clients/new/", data=client_form())
+    response = logged_in(ops, *OPERATOR).post("/ops/clients/new/", data=client_form())
     assert response.status_code == 400 and "acme" not in clients(ops)
 
 
 def test_the_secret_never_appears_in_html(ops):
     with ops.extensions["db"].session() as session:
         session.scalar(select(Client)).secret = SECRET
-    client = logged_in(ops)
+    client = logged_in(ops, *OPERATOR)
     edit = f"/ops/clients/{clients(ops)['vendor'].id}/"
     refused = post_form(client, edit, client_form(name="vendor", start="ftp://x/", secret=SECRET))
     pages = [client.get(url).data for url in ["/ops/clients/", edit, "/ops/tools/", "/ops/"]]
@@ -483,7 +474,7 @@ def test_the_secret_never_appears_in_html(ops):
 
 
 def test_an_admin_adds_a_tool(ops):
-    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, restartable=None))
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/tools/new/", tool_form(ops, restartable=None))
     assert response.status_code == 303
     word = tools(ops)["word"]
     saved = (word.name, word.description, word.restartable, word.deadline_minutes, word.client.name)
@@ -491,24 +482,26 @@ def test_an_admin_adds_a_tool(ops):
 
 
 def test_a_taken_tool_slug_is_a_form_error(ops):
-    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, slug="excel"))
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/tools/new/", tool_form(ops, slug="excel"))
     assert response.status_code == 400 and b"&#39;excel&#39; is taken" in response.data
     assert tools(ops)["excel"].name == "Excel"
 
 
 @pytest.mark.parametrize("deadline", ["0", "-5", "soon", ""])
 def test_a_tool_deadline_must_be_a_positive_number_of_minutes(ops, deadline):
-    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, deadline_minutes=deadline))
+    response = post_form(
+        logged_in(ops, *OPERATOR), "/ops/tools/new/", tool_form(ops, deadline_minutes=deadline)
+    )
     assert response.status_code == 400 and "word" not in tools(ops)
 
 
 def test_a_tool_slug_must_be_usable_in_a_url(ops):
-    response = post_form(logged_in(ops), "/ops/tools/new/", tool_form(ops, slug="my tool/1"))
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/tools/new/", tool_form(ops, slug="my tool/1"))
     assert response.status_code == 400 and "my tool/1" not in tools(ops)
 
 
 def test_a_tool_needs_an_existing_client(ops):
-    response = post_form(logged_in(ops), "/ops/tools/new/", {**tool_form(ops), "client": "999"})
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/tools/new/", {**tool_form(ops), "client": "999"})
     assert response.status_code == 400 and "word" not in tools(ops)
 
 
@@ -517,7 +510,7 @@ def test_an_admin_edits_a_tool(ops):
         add_client(session, "other")
     url = f"/ops/tools/{tools(ops)['excel'].id}/"
     form = tool_form(ops, slug="excel-2", client="other", name="Excel 2", deadline_minutes="30")
-    assert post_form(logged_in(ops), url, form).status_code == 303
+    assert post_form(logged_in(ops, *OPERATOR), url, form).status_code == 303
     edited = tools(ops)["excel-2"]
     assert (edited.name, edited.client.name, edited.deadline_minutes) == ("Excel 2", "other", 30)
 
@@ -526,13 +519,13 @@ def test_renaming_a_tool_to_a_taken_slug_is_a_form_error(ops):
     with ops.extensions["db"].session() as session:
         add_tool(session, session.scalar(select(Client)), "word")
     url = f"/ops/tools/{tools(ops)['word'].id}/"
-    response = post_form(logged_in(ops), url, tool_form(ops, slug="excel"))
+    response = post_form(logged_in(ops, *OPERATOR), url, tool_form(ops, slug="excel"))
     assert response.status_code == 400 and b"is taken" in response.data
     assert set(tools(ops)) == {"excel", "word"}
 
 
 def test_the_tool_list_shows_each_tools_client_and_settings(ops):
-    html = logged_in(ops).get("/ops/tools/").data.decode()
+    html = logged_in(ops, *OPERATOR).get("/ops/tools/").data.decode()
     row = re.search(r'<tr class="tool">(.*?)</tr>', html, re.S).group(1)
     assert "excel" in row and "vendor" in row and "240 min" in row and "yes" in row
 
@@ -541,7 +534,7 @@ def test_the_log_rows_come_from_the_lifecycle_only(ops):
     """The ops pages read the log; they never write it (spec §6: nothing else goes into that table)."""
     toolcall_id = new_toolcall(ops, [Status.START_TK_SENT])
     fetch_id = new_fetch(ops, state="failed", toolcall_id=toolcall_id)
-    client = logged_in(ops)
+    client = logged_in(ops, *OPERATOR)
     client.get(f"/ops/toolcalls/{toolcall_id}/")
     retry(client, fetch_id)
     with ops.extensions["db"].session() as session:

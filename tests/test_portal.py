@@ -11,6 +11,8 @@ from portal_support import (  # noqa: F401
     add_tool,
     add_user,
     app_fixture,
+    csrf,
+    logged_in,
     portal_environment_fixture,
     redis_db_fixture,
 )
@@ -30,20 +32,6 @@ def portal_fixture(app, redis_db):
         add_tool(session, client, "excel")
         add_user(session, "candidate", password="secret")
     return app
-
-
-def csrf(html: bytes) -> str:
-    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', html).group(1).decode()
-
-
-def logged_in(app):
-    client = app.test_client()
-    token = csrf(client.get("/accounts/login/").data)
-    response = client.post(
-        "/accounts/login/", data={"username": "candidate", "password": "secret", "csrf_token": token}
-    )
-    assert response.status_code == 302
-    return client
 
 
 def start(client, slug="excel"):
@@ -104,20 +92,20 @@ def test_login_goes_on_to_a_page_of_this_site(portal):
 
 
 def test_home_lists_the_tools_with_a_start_form_opening_a_new_window_without_opener(portal):
-    html = logged_in(portal).get("/").data.decode()
+    html = logged_in(portal, "candidate", "secret").get("/").data.decode()
     form = re.search(r"<form[^>]*action=\"/tooluser/tools/excel/\"[^>]*>", html).group(0)
     assert 'method="post"' in form and 'target="_blank"' in form and 'rel="noopener"' in form
     assert 'name="csrf_token"' in html
 
 
 def test_the_start_url_shows_the_same_form_on_get(portal):
-    html = logged_in(portal).get("/tooluser/tools/excel/").data.decode()
+    html = logged_in(portal, "candidate", "secret").get("/tooluser/tools/excel/").data.decode()
     assert 'action="/tooluser/tools/excel/"' in html and 'target="_blank"' in html
     assert attempts(portal) == []  # a GET changes nothing
 
 
 def test_starting_issues_a_token_and_sends_the_user_to_the_vendor(portal, redis_db):
-    response = start(logged_in(portal))
+    response = start(logged_in(portal, "candidate", "secret"))
     assert response.status_code == 303
     location = urlsplit(response.headers["Location"])
     assert (location.scheme, location.netloc, location.path) == ("https", "vendor.example", "/start/")
@@ -129,7 +117,7 @@ def test_starting_issues_a_token_and_sends_the_user_to_the_vendor(portal, redis_
 
 
 def test_a_new_attempt_supersedes_the_open_one(portal):
-    client = logged_in(portal)
+    client = logged_in(portal, "candidate", "secret")
     start(client)
     start(client)
     first, second = attempts(portal)
@@ -156,20 +144,20 @@ def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attem
             "finished-ok",
         ]:
             lifecycle.advance(session, toolcall, status, "test")
-    response = start(logged_in(portal))
+    response = start(logged_in(portal, "candidate", "secret"))
     assert response.status_code == 409 and b"cannot be taken again" in response.data
     assert len(attempts(portal)) == 1
 
 
 def test_the_attempts_page_lists_the_users_attempts_with_their_status(portal):
-    client = logged_in(portal)
+    client = logged_in(portal, "candidate", "secret")
     start(client)
     html = client.get("/tooluser/attempts/").data.decode()
     assert "start-tk-sent" in html and "Excel" in html
 
 
 def test_logout_needs_a_post_with_csrf(portal):
-    client = logged_in(portal)
+    client = logged_in(portal, "candidate", "secret")
     page = client.get("/accounts/logout/")
     assert client.get("/").status_code == 200  # a GET of the logout page logs nobody out
     response = client.post("/accounts/logout/", data={"csrf_token": csrf(page.data)})
