@@ -487,10 +487,6 @@ def _escape_char(m: re.Match) -> str:
     return _ESCAPES.get(c) or f"\\{ord(c):03o}"
 
 
-def _head(t: ATermAppl) -> str:
-    return _quote(t._name) if t._quoted else t._name
-
-
 def _to_text(root: ATerm) -> str:
     out: list[str] = []
     append = out.append
