@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench lint clean tools
+.PHONY: test run bench lint clean tools browser chaos
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The browser test drives Debian's Chromium: Playwright's own browser download is not used.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get install -y -q chromium; \
+	  else echo "Chromium is missing: 'sudo apt-get install chromium' (the browser test needs it)"; fi; }
+
+# Full fault-injection variants (the fast ones run in `make test`).
+chaos: $(STAMP)
+	TOOLCALL_CHAOS=full $(PY) -m pytest tests/test_chaos.py
 
 # The example tool written in C.
 tools: examples/tools/c/strtool
