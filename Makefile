@@ -47,9 +47,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-run: $(STAMP)
-	@echo "make run arrives with the portal (webapp/); for now see README.md for the library."
-	@exit 1
+# Every Procfile process on embedded defaults (SQLite, local Redis -- a private one when none runs).
+run: $(STAMP) tools
+	$(PY) scripts/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build examples/tools/c/strtool

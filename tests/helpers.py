@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,3 +83,46 @@ def group_gone(pgid: int) -> bool:
             if state is not None and state[1] == pgid and state[0] != "Z":
                 return False
     return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every running descendant of ``pid``: {pid: start time}, the start time telling a process
+    apart from a later one given the same pid."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        started[int(entry.name)] = fields[19]
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found[child] = started[child]
+        todo.extend(children.get(child, []))
+    return found
+
+
+def still_running(processes: dict[int, str]) -> list[int]:
+    """The processes of ``descendants()`` that still run (zombies do not count, see ``pid_gone``)."""
+    running = []
+    for pid, start in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            running.append(pid)
+    return running

@@ -11,6 +11,8 @@ Each command says what it saved; an error says what is missing and how to add it
 
 from __future__ import annotations
 
+import os
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
@@ -19,8 +21,14 @@ from sqlalchemy.orm import Session
 
 from webapp.models import Client, Tool, User
 
-#: Where the demo vendor (examples/vendor, the Procfile's `vendor` line) listens.
+#: Where the demo vendor (examples/vendor, the Procfile's `vendor` line) listens by default.
 DEMO_VENDOR = "http://127.0.0.1:5001"
+
+
+def demo_vendor_url() -> str:
+    """The demo vendor's base URL: ``TOOLCALL_DEMO_VENDOR_URL``, for a vendor moved off port 5001."""
+    return (os.environ.get("TOOLCALL_DEMO_VENDOR_URL") or DEMO_VENDOR).rstrip("/")
+
 
 users = AppGroup("users", help="Manage users.")
 clients = AppGroup("clients", help="Manage clients (vendors).")
@@ -92,7 +100,8 @@ def load_demo() -> None:
             email="admin@example.org",
         )
         save_user(session, "user", "user", first_name="Uma", last_name="User", email="user@example.org")
-        client = save_client(session, "testclient", f"{DEMO_VENDOR}/start/", f"{DEMO_VENDOR}/result-data/")
+        vendor = demo_vendor_url()
+        client = save_client(session, "testclient", f"{vendor}/start/", f"{vendor}/result-data/")
         save_tool(session, "my-tool", client, "My tool", "A short demo exam hosted by the demo vendor.")
     click.echo("demo data loaded: users admin/admin and user/user, client testclient, tool my-tool")
 
