@@ -1,4 +1,4 @@
-"""The README's Bus example runs as written, against real workers."""
+"""The Bus example of docs/tools.md runs as written, against real workers."""
 
 import re
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from worker_support import calc, client_env, environment, running
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCKS = re.findall(r"```python notest\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+BLOCKS = re.findall(r"```python notest\n(.*?)```", (ROOT / "docs" / "tools.md").read_text(), re.S)
 
 CLOCK = {
     "tool_name": "{python} -m examples.tools.clock",
@@ -16,10 +16,10 @@ CLOCK = {
 }
 
 
-def test_readme_bus_example_runs_against_workers(tmp_path):
+def test_the_bus_example_runs_against_workers(tmp_path):
     assert len(BLOCKS) == 1
     with running(tmp_path, {"calc": calc(), "clock": CLOCK}, db=14) as launcher:
         with environment(client_env(launcher.tools_path, 14)):
             namespace: dict = {}
-            exec(compile(BLOCKS[0], "README.md Bus example", "exec"), namespace)
+            exec(compile(BLOCKS[0], "docs/tools.md Bus example", "exec"), namespace)
             assert str(namespace["event"].term).startswith("show-time(")
