@@ -37,11 +37,9 @@ tools: examples/tools/c/strtool
 examples/tools/c/strtool: examples/tools/c/strtool.c
 	$(CC) -std=c99 -Wall -Wextra -O2 -o $@ $<
 
+# Every benchmark, then one table of ratios against their same-run baselines.
 bench: $(STAMP)
-	$(PY) bench/aterm_bench.py
-	$(PY) bench/eval_vs_celery.py
-	$(PY) bench/start_storm.py
-	$(PY) bench/result_storm.py
+	$(PY) bench/run_all.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

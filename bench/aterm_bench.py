@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.support import header as table_header  # noqa: E402
+from bench.support import row  # noqa: E402
 from toolbus.aterm import _appl, parse, read_taf, write_taf  # noqa: E402
 from toolbus.descriptors import load_tools  # noqa: E402
 from toolbus.instances import start_tool  # noqa: E402
@@ -65,10 +67,6 @@ def median_call(fn, calls: int) -> float:
     return statistics.median(times)
 
 
-def row(name: str, ours: str, baseline: str, ratio: float, target: str, ok: bool) -> None:
-    print(f"{name:<30} {ours:>16} {baseline:>16} {ratio:>8.2f}x  {target:<14} {'ok' if ok else 'MISSED'}")
-
-
 def main() -> None:
     text = "[" + ",".join(f'item({i},"name-{i}",[a,b,c],{i}.5)' for i in range(N)) + "]"
     js = json.dumps([["item", i, f"name-{i}", ["a", "b", "c"], i + 0.5] for i in range(N)])
@@ -79,7 +77,7 @@ def main() -> None:
     print(
         f"python {sys.version.split()[0]}, payload {len(text) / 1e6:.2f} MB ATerm / {len(js) / 1e6:.2f} MB JSON\n"
     )
-    print(f"{'measure':<30} {'ours':>16} {'baseline':>16} {'ratio':>9}  {'target':<14}")
+    table_header()
 
     parse_s, loads_s, ratio = interleaved(lambda: parse(text), lambda: json.loads(js))
     mb = len(text) / 1e6

@@ -19,6 +19,7 @@ Everything here is made for one run and removed again, also on error:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -214,9 +215,19 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = STAR
 # ---- reporting -----------------------------------------------------------------------------------
 
 
+#: Where ``row`` also appends each measure as one JSON line, for bench/run_all.py's summary table.
+SUMMARY_ENV = "BENCH_SUMMARY"
+
+
 def row(name: str, ours: str, baseline: str, ratio: float, target: str, ok: bool | None) -> None:
     verdict = "" if ok is None else ("ok" if ok else "MISSED")
-    print(f"{name:<36} {ours:>16} {baseline:>16} {ratio:>8.2f}x  {target:<12} {verdict}")
+    print(f"{name:<36} {ours:>16} {baseline:>16} {ratio:>8.2f}x  {target:<12} {verdict}", flush=True)
+    summary = os.environ.get(SUMMARY_ENV)
+    if summary and ok is not None:  # diagnostics (no target) stay in the benchmark's own output
+        record = {"bench": Path(sys.argv[0]).stem, "measure": name.strip(), "ours": ours, "baseline": baseline,
+                  "ratio": ratio, "target": target, "ok": ok}  # fmt: skip
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def header() -> None:
