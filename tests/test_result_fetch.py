@@ -12,226 +12,50 @@ answers, reports the result (``/result/``) and waits -- a bounded poll of the da
 fetch is ``done`` or ``failed``. Tests share the worker and database, so each one makes a client,
 tool and user of its own. The worker retries quickly (``TOOLCALL_FETCH_BACKOFF_BASE_SECS``) and
 its sweep re-queues at once (``TOOLCALL_REQUEUE_GRACE_SECS=0``); the sweep runs only when a test
-sends it (no beat).
+sends it (no beat). The harness (``Portal``, ``running_portal``) is in fetch_support.py.
+
+What a vendor's faults come to -- timeouts, connection errors, each class of status, Retry-After,
+redirects, oversized bodies, bodies that cannot be attributed or are for another client -- is one
+table in test_vendor_faults.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-import redis
-from callbacks_worker import CallbacksWorker
-from flask import Flask
-from helpers import wait_until
-from portal_support import (
-    PORTAL_ENVIRONMENT,
-    add_client,
-    add_tool,
-    add_user,
-    postgres_url_fixture,  # noqa: F401  (asked for by name)
-    unavailable,
+from fetch_support import (
+    BACKOFF_BASE_SECS,
+    HAPPY_LOG,
+    WAIT,
+    Attempt,
+    Portal,
+    Vendor,
+    new_token,
+    result_body,
+    running_portal,
 )
-from sqlalchemy import create_engine, select, update
+from helpers import wait_until
+from portal_support import postgres_url_fixture  # noqa: F401  (asked for by name)
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from vendor_stub import Answer, VendorStub
 
-from webapp import create_app, lifecycle
-from webapp.db import Database
+from webapp import lifecycle
 from webapp.lifecycle import Status
-from webapp.models import ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
-from webapp.signing import sign_system
+from webapp.models import ResultFetch, ToolCall, utcnow
 from webapp.vendor_client import verify_webhook
 from worker.app import make_app
 
 pytestmark = pytest.mark.process
 
-SECRET_KEY = "the result fetch tests' key"
 SQLITE_REDIS = "redis://127.0.0.1:6379/5"
 POSTGRES_REDIS = "redis://127.0.0.1:6379/6"
-#: Retries wait 0.1-0.2 s, 0.2-0.4 s, ... instead of 5-10 s, 10-20 s, ...
-BACKOFF_BASE_SECS = 0.1
-#: The longest any test waits for the worker.
-WAIT = 30.0
-
-HAPPY_LOG = [
-    "initial",
-    "start-tk-sent",
-    "start-data-sent",
-    "result-tk-received",
-    "result-received-ok",
-    "result-saved",
-    "finished-ok",
-]
-
-_names = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Vendor:
-    name: str
-    tool_id: int
-    user_id: int
-
-
-@dataclass(frozen=True)
-class Attempt:
-    toolcall_id: int
-    start: dict  # the start data the vendor fetched: persnr, exam, exam_kind, system, ...
-
-
-class Portal:
-    """The portal's HTTP API and database, its worker, and the vendor stub, as one test sees them."""
-
-    def __init__(self, app: Flask, worker: CallbacksWorker, stub: VendorStub, broker: redis.Redis):
-        self.app = app
-        self.db: Database = app.extensions["db"]
-        self.http = app.test_client()
-        self.worker = worker
-        self.stub = stub
-        self.broker = broker
-
-    # ---- setup, as the operator and the start page do it -------------------------------------------
-
-    def new_vendor(self, secret: str | None = None, deadline_minutes: int = 240) -> Vendor:
-        name = f"v{next(_names)}-{secrets.token_hex(3)}"
-        with self.db.session() as session:
-            client = add_client(session, name)
-            client.receive_result_token_url = self.stub.result_url(name)
-            client.secret = secret
-            tool = add_tool(session, client, f"{name}-exam")
-            tool.deadline_minutes = deadline_minutes
-            user = add_user(session, f"{name}-user")
-            return Vendor(name, tool.id, user.id)
-
-    def start_attempt(self, vendor: Vendor) -> tuple[int, str]:
-        """A new attempt whose start token was issued, as the start page makes it: (id, token)."""
-        with self.db.session() as session:
-            tool, user = session.get(Tool, vendor.tool_id), session.get(User, vendor.user_id)
-            toolcall = lifecycle.create(session, tool, user, "attempt started by the test")
-            token = self.app.extensions["start_tokens"].issue(toolcall.id)
-            lifecycle.advance(session, toolcall, Status.START_TK_SENT, "start token issued")
-            return toolcall.id, token
-
-    def begin(self, vendor: Vendor, secret: str | None = None) -> Attempt:
-        """An attempt whose start data the vendor has fetched (``start-data-sent``), authenticating
-        with ``secret`` if given (spec §3)."""
-        toolcall_id, token = self.start_attempt(vendor)
-        target = f"/fetch-token/?access_token={token}"
-        headers = {}
-        if secret is not None:
-            stamp = int(time.time())
-            message = f"{stamp}\nGET\n{target}".encode()
-            digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-            headers["X-Toolcall-Auth"] = f"{vendor.name} {stamp} {digest}"
-        response = self.http.get(target, headers=headers)
-        assert response.status_code == 200, response.data
-        return Attempt(toolcall_id, response.json["data"])
-
-    # ---- the vendor's side -------------------------------------------------------------------------
-
-    def report(self, vendor: Vendor, token: str) -> None:
-        response = self.http.get("/result/", query_string={"access_token": token, "client": vendor.name})
-        assert response.status_code == 200, response.data
-        assert response.json == {"type": "ok", "token": token, "data": {}}
-
-    def requests(self, vendor: Vendor, token: str | None = None):
-        return self.stub.requests(vendor.name, token)
-
-    # ---- what the portal did -----------------------------------------------------------------------
-
-    def fetch(self, vendor: Vendor, token: str) -> ResultFetch | None:
-        with self.db.session() as session:
-            query = select(ResultFetch).where(ResultFetch.client.has(name=vendor.name))
-            return session.scalar(query.where(ResultFetch.token == token))
-
-    def fetches(self, vendor: Vendor) -> list[ResultFetch]:
-        with self.db.session() as session:
-            return list(session.scalars(select(ResultFetch).where(ResultFetch.client.has(name=vendor.name))))
-
-    def wait_fetch(self, vendor: Vendor, token: str, states=("done", "failed")) -> ResultFetch:
-        """The fetch of (vendor, token) once its state is one of ``states`` (bounded wait)."""
-        found: list[ResultFetch] = []
-
-        def settled() -> bool:
-            fetch = self.fetch(vendor, token)
-            found[:] = [fetch] if fetch is not None else []
-            return fetch is not None and fetch.state in states
-
-        try:
-            wait_until(settled, timeout=WAIT, what=f"the fetch of {token!r} to be {' or '.join(states)}")
-        except AssertionError as e:
-            raise AssertionError(
-                f"{e}; the fetch: {vars(found[0]) if found else None}\n{self.worker.log()}"
-            ) from None
-        return found[0]
-
-    def log(self, toolcall_id: int) -> list[str]:
-        with self.db.session() as session:
-            rows = session.scalars(
-                select(ToolCallLog.status)
-                .where(ToolCallLog.toolcall_id == toolcall_id)
-                .order_by(ToolCallLog.id)
-            )
-            return list(rows)
-
-    def toolcall(self, toolcall_id: int) -> ToolCall:
-        with self.db.session() as session:
-            return session.get(ToolCall, toolcall_id)
-
-    def results(self, toolcall_id: int) -> list[ToolCallResult]:
-        with self.db.session() as session:
-            query = select(ToolCallResult).where(ToolCallResult.toolcall_id == toolcall_id)
-            return list(session.scalars(query.order_by(ToolCallResult.id)))
-
-    def change(self, model: type, row_id: int, **values) -> None:
-        """Set columns of a row directly (to make it look older than it is)."""
-        with self.db.session() as session:
-            session.execute(update(model).where(model.id == row_id).values(**values))
-
-    # ---- the worker --------------------------------------------------------------------------------
-
-    def send_fetch(self, fetch_id: int):
-        """A ``toolcall.fetch_result`` message, as ``/result/`` sends it; returns its AsyncResult."""
-        return self.worker.celery.send_task("toolcall.fetch_result", args=[fetch_id], queue="callbacks")
-
-    def sweep(self) -> dict:
-        """Run ``toolcall.sweep`` on the worker, as beat would have it; returns its counts."""
-        return self.worker.celery.send_task("toolcall.sweep", queue="callbacks").get(timeout=WAIT)
-
-
-def result_body(attempt: Attempt, token: str, **data) -> dict:
-    """The result a vendor returns for ``attempt`` under its result token (spec §4)."""
-    start = attempt.start
-    return {
-        "token": token,
-        "type": "result",
-        "timestamp": "2025-03-04T05:06:07+00:00",
-        "data": {
-            "persnr": start["persnr"],
-            "participant_id": "P-1017",
-            "exam": start["exam"],
-            "passed": True,
-            "score": 42,
-            "system": start["system"],
-            "exam_type": start["exam_kind"],
-            **data,
-        },
-    }
-
-
-def new_token() -> str:
-    return f"R-{secrets.token_hex(8)}"
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------
@@ -244,69 +68,12 @@ def stub_fixture() -> Iterator[VendorStub]:
     stub.close()
 
 
-def _redis(url: str) -> redis.Redis:
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        client.close()
-        unavailable(f"Redis is not reachable at {url}: {e}")
-    return client
-
-
-def _running_portal(
-    directory: Path, database_url: str, redis_url: str, stub: VendorStub, name: str
-) -> Iterator[Portal]:
-    """A migrated database, a portal app and a callbacks worker on it; everything stopped after."""
-    broker = _redis(redis_url)
-    broker.flushdb()
-    database = Database(database_url)
-    database.upgrade()
-    database.dispose()
-    instance = directory / "instance"
-    settings = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_RESULT_BACKEND": redis_url,
-        "SECRET_KEY": SECRET_KEY,
-    }
-    with pytest.MonkeyPatch.context() as environment:
-        for variable in PORTAL_ENVIRONMENT:
-            environment.delenv(variable, raising=False)
-        app = create_app(
-            {**settings, "TESTING": True, "INSTANCE_PATH": instance, "TOOLCALL_RATELIMIT": False}
-        )
-    worker = CallbacksWorker(
-        name,
-        directory / f"{name}.log",
-        {
-            **settings,
-            "TOOLCALL_INSTANCE": str(instance),
-            "TOOLCALL_FETCH_BACKOFF_BASE_SECS": str(BACKOFF_BASE_SECS),
-            "TOOLCALL_REQUEUE_GRACE_SECS": "0",
-        },
-    )
-    worker.start()
-    try:
-        worker.wait_ready()
-        yield Portal(app, worker, stub, broker)
-    finally:
-        try:
-            worker.stop()
-        finally:
-            app.extensions["db"].dispose()
-            app.extensions["celery"].close()
-            broker.flushdb()
-            broker.close()
-
-
 @pytest.fixture(scope="module", name="portal")
 def portal_fixture(tmp_path_factory: pytest.TempPathFactory, stub: VendorStub) -> Iterator[Portal]:
     """The portal on a SQLite file, with its callbacks worker."""
     directory = tmp_path_factory.mktemp("result-fetch-sqlite")
     url = f"sqlite:///{directory / 'portal.sqlite3'}"
-    yield from _running_portal(directory, url, SQLITE_REDIS, stub, "callbacks-sqlite")
+    yield from running_portal(directory, url, SQLITE_REDIS, stub, "callbacks-sqlite")
 
 
 @pytest.fixture(scope="module", name="pg_portal")
@@ -321,7 +88,7 @@ def pg_portal_fixture(
         with admin.connect() as connection:
             connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
         url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield from _running_portal(
+        yield from running_portal(
             directory, url.render_as_string(hide_password=False), POSTGRES_REDIS, stub, "callbacks-pg"
         )
     finally:
@@ -402,20 +169,6 @@ def test_aliases_and_an_integer_participant_id_are_accepted(portal):
 # ---- retries ----------------------------------------------------------------------------------------
 
 
-def test_a_fetch_answered_503_is_retried_until_it_succeeds(portal):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token = new_token()
-    down = Answer(503, b"down for maintenance")
-    portal.stub.script(vendor.name, token, down, down, down, Answer.json(result_body(attempt, token)))
-    portal.report(vendor, token)
-    fetch = portal.wait_fetch(vendor, token)
-    assert (fetch.state, fetch.attempts) == ("done", 4)
-    assert len(portal.requests(vendor, token)) == 4
-    assert portal.log(attempt.toolcall_id) == HAPPY_LOG
-    assert len(portal.results(attempt.toolcall_id)) == 1
-
-
 def test_retries_wait_a_growing_backoff(portal):
     vendor = portal.new_vendor()
     attempt = portal.begin(vendor)
@@ -450,83 +203,6 @@ def test_a_retry_records_the_error_and_the_next_due_time_on_the_fetch(portal):
         portal.stub.script(vendor.name, token, Answer(400, b"gone"))
         hold.set()
     assert portal.wait_fetch(vendor, token).state == "failed"
-
-
-def test_429_with_retry_after_is_retried_after_that_many_seconds(portal):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token = new_token()
-    portal.stub.script(
-        vendor.name,
-        token,
-        Answer(429, b"slow down", {"Retry-After": "1"}),
-        Answer.json(result_body(attempt, token)),
-    )
-    portal.report(vendor, token)
-    fetch = portal.wait_fetch(vendor, token)
-    assert (fetch.state, fetch.attempts) == ("done", 2)
-    first, second = portal.requests(vendor, token)
-    # The backoff alone would have come back within 0.2 s.
-    assert second.at - first.at >= 0.95
-
-
-def test_404_within_the_grace_period_is_retried(portal):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token = new_token()
-    not_yet = Answer(404, b"no such result yet")
-    portal.stub.script(vendor.name, token, not_yet, not_yet, Answer.json(result_body(attempt, token)))
-    portal.report(vendor, token)
-    fetch = portal.wait_fetch(vendor, token)
-    assert (fetch.state, fetch.attempts) == ("done", 3)
-
-
-def test_404_after_the_grace_period_fails_the_fetch(portal):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token = new_token()
-    portal.stub.script(vendor.name, token, Answer(404, b"no such result"))
-    portal.report(vendor, token)
-    wait_until(lambda: portal.fetch(vendor, token).attempts >= 1, timeout=WAIT, what="the first attempt")
-    # Ten minutes and a bit later (the report made to look that old): the vendor still has nothing.
-    portal.change(ResultFetch, portal.fetch(vendor, token).id, reported_at=utcnow() - timedelta(minutes=11))
-    fetch = portal.wait_fetch(vendor, token)
-    assert (fetch.state, fetch.last_error) == ("failed", "HTTP 404")
-    assert portal.toolcall(attempt.toolcall_id).status == "start-data-sent"
-
-
-def test_400_is_not_retried(portal):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token = new_token()
-    portal.stub.script(
-        vendor.name, token, Answer(400, b"bad request"), Answer.json(result_body(attempt, token))
-    )
-    portal.report(vendor, token)
-    fetch = portal.wait_fetch(vendor, token)
-    assert (fetch.state, fetch.attempts, fetch.last_error, fetch.body) == (
-        "failed",
-        1,
-        "HTTP 400",
-        "bad request",
-    )
-    assert len(portal.requests(vendor, token)) == 1
-    assert portal.toolcall(attempt.toolcall_id).status == "start-data-sent"
-
-
-def test_a_redirect_is_not_followed(portal):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token, elsewhere = new_token(), new_token()
-    target = portal.stub.result_url(vendor.name) + f"?access_token={elsewhere}"
-    portal.stub.script(vendor.name, token, Answer(302, b"", {"Location": target}))
-    portal.stub.script(vendor.name, elsewhere, Answer.json(result_body(attempt, token)))
-    portal.report(vendor, token)
-    fetch = portal.wait_fetch(vendor, token)
-    assert fetch.state == "failed"
-    assert fetch.last_error == f"redirect (HTTP 302) to {target} not followed"
-    assert [request.token for request in portal.requests(vendor)] == [token]
-    assert portal.results(attempt.toolcall_id) == []
 
 
 def test_a_fetch_that_keeps_failing_gives_up_after_the_give_up_time(portal):
@@ -584,58 +260,6 @@ def test_an_invalid_result_ends_the_attempt_through_result_received_err(portal):
         "finished-err",
     ]
     assert portal.results(attempt.toolcall_id) == []
-
-
-def _not_json(portal: Portal, attempt: Attempt, token: str) -> bytes:
-    return b"<html><body>Internal error</body></html>"
-
-
-def _forged_system(portal: Portal, attempt: Attempt, token: str) -> bytes:
-    forged = sign_system(attempt.toolcall_id, "not the portal's key")
-    return json.dumps(result_body(attempt, token, system=forged)).encode()
-
-
-def _no_system(portal: Portal, attempt: Attempt, token: str) -> bytes:
-    body = result_body(attempt, token)
-    del body["data"]["system"]
-    return json.dumps(body).encode()
-
-
-def _another_clients_toolcall(portal: Portal, attempt: Attempt, token: str) -> bytes:
-    other = portal.begin(portal.new_vendor())
-    return json.dumps(result_body(other, token)).encode()
-
-
-def _not_utf8(portal: Portal, attempt: Attempt, token: str) -> bytes:
-    return json.dumps(result_body(attempt, token)).encode("utf-16")
-
-
-@pytest.mark.parametrize(
-    ("make_body", "reason"),
-    [
-        (_not_json, "the body is not JSON"),
-        (_forged_system, "data.system does not verify"),
-        (_no_system, "data.system is missing"),
-        (_another_clients_toolcall, "which is not one of client"),
-        (_not_utf8, "the body is not UTF-8"),
-    ],
-    ids=["not-json", "forged-system", "no-system", "another-clients-toolcall", "not-utf8"],
-)
-def test_a_body_that_cannot_be_attributed_fails_the_fetch_and_leaves_the_attempt(
-    portal, make_body: Callable, reason: str
-):
-    vendor = portal.new_vendor()
-    attempt = portal.begin(vendor)
-    token = new_token()
-    body = make_body(portal, attempt, token)
-    portal.stub.script(vendor.name, token, Answer(200, body))
-    portal.report(vendor, token)
-    fetch = portal.wait_fetch(vendor, token)
-    assert fetch.state == "failed" and fetch.attempts == 1
-    assert fetch.last_error.startswith("the result cannot be attributed: ") and reason in fetch.last_error
-    kept = body.decode("utf-8", "replace").replace("\x00", "\ufffd")  # as a database keeps text
-    assert fetch.body == kept and fetch.toolcall_id is None
-    assert portal.log(attempt.toolcall_id) == ["initial", "start-tk-sent", "start-data-sent"]
 
 
 def test_a_binary_body_is_kept_for_inspection(any_portal):

@@ -551,8 +551,13 @@ def _to_text(root: ATerm) -> str:
 # rejected there if malformed), a TAF reference, or any other single character (punctuation or junk).
 # A comma between items is folded into the token after it (group 1), which halves the tokens the
 # Python loop sees; a comma anywhere else is left as a token of its own, and so an error.
+# Linear on any input: the whitespace runs are possessive and the text is tokenized only up to its
+# last non-blank character (``_token_end``), so no match can fail after a long run of blanks (with
+# backtracking, trailing blanks cost cubic time: 800 of them took seconds); and a quoted symbol that
+# is never closed is one token running to the end of the text, instead of being rescanned from every
+# later '"' (quadratic on '"\"\"\"...'). ``_unquote`` tells such a token from a closed one.
 _TOKEN = re.compile(
-    r'[ \t\r\n]*(,?)[ \t\r\n]*([()\[\]{}<>]|"(?:[^"\\]|\\[\s\S])*"|[A-Za-z0-9_.+*$?\-]+'
+    r'[ \t\r\n]*+(,?)[ \t\r\n]*+([()\[\]{}<>]|"(?:[^"\\]|\\[\s\S])*+(?:"|\\)?|[A-Za-z0-9_.+*$?\-]+'
     r"|#[A-Za-z0-9+/]+|[^ \t\r\n])",
     re.ASCII,
 )
@@ -578,7 +583,7 @@ class _Failure(Exception):
 
 
 def _unquote(tok: str, index: int) -> str:
-    if tok[-1] != '"' or len(tok) < 2:
+    if len(tok) < 2 or tok[-1] != '"' or (tok[-2] == "\\" and _escaped_last(tok)):
         raise _Failure(index, "a closing '\"' of the quoted symbol")
     body = tok[1:-1]
     if "\\" not in body:
@@ -595,6 +600,13 @@ def _unquote(tok: str, index: int) -> str:
         return _UNESCAPE.get(code) or chr(int(code, 8))
 
     return _ESCAPE.sub(replace, body)
+
+
+def _escaped_last(tok: str) -> bool:
+    """Whether the last '"' of a quoted token is escaped (an odd run of backslashes before it): the
+    token is then an unterminated quoted symbol that ran to the end of the text."""
+    run = len(tok) - 1 - len(tok[:-1].rstrip("\\"))
+    return run % 2 == 1
 
 
 def _number(tok: str, index: int) -> ATerm:
@@ -643,8 +655,13 @@ def _pattern(pattern: ATerm | str) -> ATerm:
     raise TypeError(f"a pattern is an ATerm or its text, not {type(pattern).__name__}")
 
 
+def _token_end(text: str) -> int:
+    """Where tokenizing stops: after the last non-blank character (see ``_TOKEN``)."""
+    return len(text.rstrip(_WHITESPACE))
+
+
 def _read(text: str, taf: bool) -> ATerm:
-    toks = _TOKEN.findall(text)
+    toks = _TOKEN.findall(text, 0, _token_end(text))
     # Terms cannot form reference cycles, so the cyclic garbage collector has nothing to find among
     # the objects a parse makes; left on, it rescans the growing heap many times during a big parse.
     paused = len(toks) > 1000 and gc.isenabled()
@@ -663,7 +680,7 @@ def _parse_error(text: str, toks: list[tuple[str, str]], failure: _Failure) -> P
     if failure.index >= len(toks) or toks[failure.index] is _END:
         return ParseError(text, len(text.rstrip(_WHITESPACE)), failure.expected)
     # Find the token's position again; only done on the error path (islice skips in C).
-    m = next(islice(_TOKEN.finditer(text), failure.index, None))
+    m = next(islice(_TOKEN.finditer(text, 0, _token_end(text)), failure.index, None))
     if failure.comma:
         return ParseError(text, m.start(1), failure.expected, ",")
     at = failure.offset

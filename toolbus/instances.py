@@ -350,7 +350,14 @@ class ToolInstance:
             self._current = txn
             txn.state = "sent"
             self.requests += 1
-            self._deliver(txn, self._generation)
+            try:
+                self._deliver(txn, self._generation)
+            except SignatureError as e:
+                # The call has no wire form (wire.frame): nothing was sent, and the tool is still
+                # free for the next request. Left as the current request, it would block them all.
+                if self._current is txn:
+                    self.requests -= 1
+                    self._complete(txn, error=e)
 
     def _complete(
         self, txn: _Transaction, value: ATerm | None = None, error: BaseException | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from toolbus.aterm import ATerm, ATermAppl, ATermInt, ATermList, ParseError, _appl, _list, parse
-from toolbus.errors import ProtocolError
+from toolbus.errors import ProtocolError, SignatureError
 
 HEADER_LENGTH = 12  # 11 digits and ':'
 #: Largest message accepted from a peer. A bogus length must not make us buffer gigabytes.
@@ -25,8 +25,19 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 
 def frame(message: ATerm) -> bytes:
-    """The bytes of one message: header and canonical ATerm text."""
-    body = str(message).encode("utf-8")
+    """The bytes of one message: header and canonical ATerm text.
+
+    Raises SignatureError for a term whose text has no UTF-8 form: a quoted name may hold any
+    character in memory, a lone surrogate too (JSON can carry one), but such a term cannot travel.
+    """
+    text = str(message)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SignatureError(
+            f"{text[:200]} cannot be sent to a tool: its text is not UTF-8 "
+            f"({e.reason}: {text[e.start : e.end]!r} at character {e.start})"
+        ) from None
     return b"%011d:" % (len(body) + HEADER_LENGTH) + body
 
 
@@ -291,6 +302,10 @@ class BusSide:
         self._closed = False  # the peer closed the connection
 
     def _advance(self, message: Message, sending: bool) -> None:
+        self.state = self._next_state(message, sending)
+
+    def _next_state(self, message: Message, sending: bool) -> ToolState:
+        """The state after ``message``; ProtocolError when the table does not allow it."""
         key = (self.state, type(message))
         nxt = TRANSITIONS.get(key)
         if nxt is None:
@@ -302,14 +317,18 @@ class BusSide:
                 f"tool {self.tool_name} sent {str(to_term(message))[:200]} in state {self.state.value}; "
                 f"expected {_EXPECTED[self.state]}"
             )
-        self.state = nxt
+        return nxt
 
     def send(self, message: Message) -> bytes:
-        """The bytes to write for ``message``; advances the state (ProtocolError if not allowed)."""
+        """The bytes to write for ``message``; advances the state (ProtocolError if not allowed,
+        SignatureError if the message has no UTF-8 text -- then the state is left as it was, since
+        nothing will be sent)."""
         if not isinstance(message, _BUS_MESSAGES):
             raise ProtocolError(f"{type(message).__name__} is a message of the tool, not of the bus")
-        self._advance(message, sending=True)
-        return frame(to_term(message))
+        nxt = self._next_state(message, sending=True)
+        data = frame(to_term(message))
+        self.state = nxt
+        return data
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the tool; ``b""`` means the connection closed."""

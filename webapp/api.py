@@ -3,8 +3,10 @@
     GET /.api/toolcall/v2/                         discovery
     GET /fetch-token/?access_token=T               start data; the start token is used up
     GET /result/?access_token=R&client=NAME        a result is ready: the portal will fetch it
+    GET /.api/toolcall/v2/openapi.json             this API as an OpenAPI 3.1 document (webapp/openapi.json)
 
-A vendor-facing answer is never a 500: every error is the envelope of ``webapp.errors``.
+Every error a vendor gets is the envelope of ``webapp.errors`` -- also a wrong method (405), an
+unknown path under ``/.api/`` (404) and a failure of the portal itself (500).
 A web request never waits on a vendor: ``/result/`` records the owed fetch and queues it.
 """
 
@@ -17,10 +19,12 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+from flask import Blueprint, current_app, jsonify, render_template, request, send_file, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
 
 from webapp import lifecycle
 from webapp.db import get_session
@@ -42,6 +46,10 @@ START_TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")
 AUTH_WINDOW_SECS = 300
 FETCH_TASK = "toolcall.fetch_result"
 FETCH_QUEUE = "callbacks"
+#: The OpenAPI document of this API, served as it is.
+OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+#: It changes only with a deployment; clients and caches may keep it this long.
+OPENAPI_MAX_AGE = 3600
 
 
 def request_token() -> str | None:
@@ -107,12 +115,19 @@ def client_auth_ok(client: Client) -> bool:
     target = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
     message = f"{stamp}\n{request.method}\n{target}".encode()
     expected = hmac.new(client.secret.encode(), message, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.lower())
+    # As bytes: compare_digest refuses str with non-ASCII characters (a header may carry any).
+    return hmac.compare_digest(expected.encode(), signature.lower().encode("utf-8", "replace"))
 
 
 @bp.get("/fetch-token/")
 @limiter.limit(setting("TOOLCALL_RATELIMIT_API"))
 def fetch_token():
+    if request.method == "HEAD":
+        # Flask answers HEAD with the GET view minus the body: here that would use the start token
+        # up and move the attempt on while nobody gets the start data (a link checker, a proxy).
+        response = api_error("method-not-allowed", "HEAD would use the start token up; use GET")
+        response.headers["Allow"] = "GET, OPTIONS"
+        return response
     token = request_token()
     if not token:
         return api_error("missing-token", "no access token given (query parameter access_token)")
@@ -168,7 +183,8 @@ def result():
     if not name:
         return api_error("missing-client", "no client given (query parameter client)")
     session = get_session()
-    client = session.scalar(select(Client).where(Client.name == name))
+    # No client name holds a NUL character, and PostgreSQL refuses one even in a query's parameter.
+    client = None if "\x00" in name else session.scalar(select(Client).where(Client.name == name))
     if client is None:
         return api_error("unknown-client", f"no client named {name!r}")
     token = request_token()
@@ -180,10 +196,51 @@ def result():
     if owed_now:
         queue_fetch(fetch.id)
     if wants_html():
+        # Built from the two parameters only: url_for reads _external, _scheme, _method and
+        # _anchor in its keyword arguments, so passing the whole query on would let a link change
+        # the page's URL, or fail to build it (a 500).
         return render_template(
-            "result_status.html", fetch=fetch, refresh_url=url_for("api.result", **request.args)
+            "result_status.html",
+            fetch=fetch,
+            refresh_url=url_for("api.result", access_token=token, client=name),
         )
     return jsonify({"type": "ok", "token": token, "data": {}})
+
+
+@bp.get("/.api/toolcall/v2/openapi.json")
+def openapi():
+    """This API as an OpenAPI 3.1 document: no login, cacheable (ETag, max-age)."""
+    return send_file(
+        OPENAPI, mimetype="application/json", max_age=OPENAPI_MAX_AGE, conditional=True, etag=True
+    )
+
+
+def _is_api_path(path: str) -> bool:
+    return path.startswith("/.api/") or path in ("/fetch-token/", "/result/")
+
+
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def api_routing_error(error: HTTPException):
+    """A wrong method on an endpoint of the API, or an unknown path under ``/.api/``: the
+    envelope, not Werkzeug's page (routing errors happen before any blueprint is chosen, so this
+    is an app-wide handler that leaves every other path alone)."""
+    if not _is_api_path(request.path):
+        return error
+    if error.code == 405:
+        response = api_error("method-not-allowed", f"{request.method} is not allowed here; use GET")
+        response.headers["Allow"] = ", ".join(sorted(getattr(error, "valid_methods", None) or ["GET"]))
+        return response
+    return api_error("not-found", f"no such endpoint {request.path}; see /.api/toolcall/v2/")
+
+
+@bp.errorhandler(500)
+def server_error(_error):
+    """The portal failed (its database or Redis is down, a bug): the envelope, never a bare 500
+    page. Flask has logged the exception already."""
+    return api_error(
+        "server-error", "the portal could not answer; try again later", request.args.get("access_token")
+    )
 
 
 def owe_fetch(session, client: Client, token: str) -> tuple[ResultFetch, bool]:
