@@ -8,37 +8,37 @@ build theirs from the same settings.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from flask import current_app, g
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-#: Idle connections a process keeps to a server database (see ``Database``); at most 10 more are
-#: opened beyond it at busy moments (SQLAlchemy's max_overflow), and closed when handed back.
+#: Idle connections a process keeps to its database (see ``Database``); at most 10 more are opened
+#: beyond it at busy moments (SQLAlchemy's max_overflow), and closed when handed back.
 POOL_SIZE = 32
 
 
 class Database:
     def __init__(self, url: str):
         self.url = url
-        options: dict = {"future": True}
+        # Keep as many idle connections as the busiest process uses at once: the callbacks worker
+        # runs 32 threads (Procfile). With SQLAlchemy's default of 5, every connection handed back
+        # while 5 are idle is closed: a busy worker opened a new PostgreSQL connection (a new
+        # server backend) for about one fetch in four (bench/result_storm.py), and on SQLite a new
+        # file handle with its pragmas. Connections are only opened when needed: a web process
+        # with 4 threads still holds about 4.
+        options: dict = {"future": True, "pool_size": POOL_SIZE}
         if url.startswith("sqlite"):
             # Several processes (web, workers) share the file: wait for locks instead of failing.
             options["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             options["pool_pre_ping"] = True  # a database restart must not break the next request
-            # Keep as many idle connections as the busiest process uses at once: the callbacks
-            # worker runs 32 threads (Procfile). With SQLAlchemy's default of 5, every connection
-            # handed back while 5 are idle is closed, and a busy worker opened a new PostgreSQL
-            # connection for about one fetch in four (bench/result_storm.py). Connections are only
-            # opened when needed: a web process with 4 threads still holds about 4.
-            options["pool_size"] = POOL_SIZE
         self.engine: Engine = create_engine(url, **options)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -57,6 +57,11 @@ class Database:
         finally:
             session.close()
 
+    def begin(self) -> AbstractContextManager[Connection]:
+        """A Core connection in a transaction that commits when the block succeeds and rolls back
+        when it raises: for hot paths that need no ORM objects (a result fetch)."""
+        return self.engine.begin()
+
     def upgrade(self) -> None:
         """Create or upgrade the schema to the newest migration (safe to run twice)."""
         config = Config()
@@ -74,6 +79,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    # synchronous stays FULL (SQLite's default): with NORMAL, a commit the portal has answered for
+    # (a report's owed fetch, a stored result) could be lost to a power cut, and the result storm
+    # showed no gain from it (docs/portal-performance.md).
     cursor.close()
 
 

@@ -2,7 +2,8 @@
 
 Rules (spec §6):
 
-- A ToolCall is created in ``initial``; every later status change goes through ``advance``.
+- A ToolCall is created in ``initial``; every later status change goes through ``advance``,
+  ``advance_through`` or ``move`` below.
 - ``TRANSITIONS`` below is the whole truth: a change it does not list raises ``IllegalTransition``
   and changes nothing.
 - Changes are safe under concurrency: ``advance`` updates the row only where the status is still
@@ -10,15 +11,27 @@ Rules (spec §6):
 - Each change writes exactly one ``toolcall_toolcalllog`` row (status and details), and creating a
   ToolCall writes the ``initial`` row; nothing else goes into that table.
 - The three error states move on to ``finished-err`` at once, in the same operation.
+- ``advance_through`` makes several changes in a row as one operation (the result fetch's happy
+  path is four): every step is checked against the table first, then one compare-and-set UPDATE
+  takes the ToolCall from the status it was read in to the last step's, and one INSERT writes a
+  log row per step. The intermediate statuses are never visible to another transaction either
+  way, so this is the same as advancing step by step inside one transaction, at a quarter of the
+  statements. ``advance`` is its one-step case; ``move`` does the same for a ToolCall known by id
+  and the status it was read in, without an ORM object. All three check the steps with one function
+  (``_path``) and write them with another (``_write``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from webapp.models import Tool, ToolCall, ToolCallLog, User, utcnow
 
@@ -105,27 +118,92 @@ def create(session: Session, tool: Tool, user: User, details: str = "") -> ToolC
     return toolcall
 
 
+# A change is two Core statements, built once: the ORM's unit of work (flush, identity map
+# bookkeeping, reloading what it cannot know) and building a statement on every call cost more CPU
+# than the statements themselves (docs/portal-performance.md).
+_TOOLCALL = ToolCall.__table__
+_LOG = ToolCallLog.__table__
+#: Compare and set; the columns it sets are the parameters named after them (status, ended).
+_SET_STATUS = update(_TOOLCALL).where(
+    _TOOLCALL.c.id == bindparam("toolcall_id"), _TOOLCALL.c.status == bindparam("current")
+)
+#: Executed with one parameter set per row (a cached statement; a multi-VALUES one is compiled anew
+#: on every call).
+_ADD_LOG = insert(_LOG)
+
+
 def advance(session: Session, toolcall: ToolCall, new: Status | str, details: str) -> None:
     """Move ``toolcall`` to ``new`` (flushed, not committed); an error state ends it at once."""
+    advance_through(session, toolcall, [(new, details)])
+
+
+def advance_through(session: Session, toolcall: ToolCall, steps: Sequence[tuple[Status | str, str]]) -> None:
+    """Move ``toolcall`` through ``steps`` -- (status, details) pairs, in order -- as one change
+    (flushed, not committed): each step must be allowed after the one before it, an error state
+    ends the attempt at once (``finished-err`` with the same details follows it), and each step is
+    logged. Raises ``IllegalTransition`` (nothing changed) or ``ConcurrentTransition`` (another
+    process moved the ToolCall first; nothing changed, its status is re-read on next access)."""
     current = toolcall.status
-    check(current, new)
-    new = Status(new)
-    values: dict = {"status": str(new)}
-    if new in ENDING:
-        values["ended"] = utcnow()
-    changed = session.execute(
-        update(ToolCall).where(ToolCall.id == toolcall.id, ToolCall.status == current).values(**values),
-        execution_options={"synchronize_session": False},
-    ).rowcount
-    if changed != 1:
-        session.expire(toolcall, ["status", "ended"])
-        raise ConcurrentTransition(
-            f"toolcall {toolcall.id} is no longer in {current}; another process moved it"
-        )
-    session.add(ToolCallLog(toolcall_id=toolcall.id, status=str(new), details=details))
+    path = _path(current, steps)
+    # Changes the caller made through the ORM go first, so statements run in the order they were made.
     session.flush()
-    # The UPDATE bypassed the identity map: the next read of these comes from the database.
-    session.expire(toolcall, ["status", "ended", "log"])
-    log.info("toolcall %s: %s -> %s (%s)", toolcall.id, current, new, details)
-    if new in FAILING:
-        advance(session, toolcall, S.FINISHED_ERR, details)
+    try:
+        final, ended = _write(session, toolcall.id, current, path)
+    except ConcurrentTransition:
+        session.expire(toolcall, ["status", "ended"])
+        raise
+    # The statements bypassed the ORM, which is now told what they wrote instead of reading it
+    # back; the log is read again when next asked for.
+    set_committed_value(toolcall, "status", final)
+    if ended is not None:
+        set_committed_value(toolcall, "ended", ended)
+    session.expire(toolcall, ["log"])
+
+
+def move(
+    db: Session | Connection, toolcall_id: int, current: str, steps: Sequence[tuple[Status | str, str]]
+) -> tuple[str, datetime | None]:
+    """``advance_through`` for a ToolCall known by its id and the status it was read in, without an
+    ORM object (a result fetch reads only the columns it needs): the same checks, the same
+    statements. Returns the new status and, if the change ended the attempt, ``ended``."""
+    return _write(db, toolcall_id, current, _path(current, steps))
+
+
+def _path(current: str, steps: Sequence[tuple[Status | str, str]]) -> list[tuple[Status, str]]:
+    """The steps, each checked against the one before, with ``finished-err`` after an error state."""
+    path: list[tuple[Status, str]] = []
+    for new, details in steps:
+        check(path[-1][0] if path else current, new)
+        path.append((Status(new), details))
+        if path[-1][0] in FAILING:
+            path.append((S.FINISHED_ERR, details))
+    return path
+
+
+def _write(
+    db: Session | Connection, toolcall_id: int, current: str, path: list[tuple[Status, str]]
+) -> tuple[str, datetime | None]:
+    """The compare-and-set UPDATE and the log rows of a checked path."""
+    if not path:
+        return current, None
+    final = str(path[-1][0])
+    now = utcnow()
+    values: dict = {"toolcall_id": toolcall_id, "current": current, "status": final}
+    if any(status in ENDING for status, _ in path):
+        values["ended"] = now
+    if db.execute(_SET_STATUS, values).rowcount != 1:
+        raise ConcurrentTransition(
+            f"toolcall {toolcall_id} is no longer in {current}; another process moved it"
+        )
+    # All the rows in one call, in order (ids ascend with it, and the log is read by id).
+    db.execute(
+        _ADD_LOG,
+        [
+            {"toolcall_id": toolcall_id, "timestamp": now, "status": str(status), "details": details}
+            for status, details in path
+        ],
+    )
+    for status, details in path:
+        log.info("toolcall %s: %s -> %s (%s)", toolcall_id, current, status, details)
+        current = status
+    return final, values.get("ended")

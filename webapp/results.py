@@ -10,6 +10,11 @@ Two steps, because they fail differently:
    Every extracted field must also fit its column (length, no NUL character), so that a valid
    result can always be stored. An attributed but invalid body moves that ToolCall to
    ``result-received-err``.
+
+Each step comes in two forms that check the same things: ``attribute`` and ``validate`` on a
+``ToolCall`` (its tool and user loaded with it), and ``attribute_row`` and ``validate_fields`` on the
+few columns they read, for the result fetch, where loading ORM objects was a large part of the
+worker's CPU per fetch (docs/portal-performance.md).
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, joinedload
 
-from webapp.models import Client, ToolCall, ToolCallResult
+from webapp.models import Tool, ToolCall, ToolCallResult, User
 from webapp.signing import verify_system
 
 MAX_BODY = 1024 * 1024
@@ -45,10 +53,16 @@ class ResultFields:
     timestamp: datetime | None
 
 
-def attribute(
-    session: Session, client: Client, body: bytes, secret_key: str, fallbacks: list[str]
-) -> tuple[ToolCall, dict]:
-    """The ToolCall a body is for, and the parsed body; raises Unattributable saying why."""
+class ClientLike(Protocol):
+    """What attribution needs of a client: a ``Client``, or what a result fetch read of one."""
+
+    id: int
+    name: str
+
+
+def identify(body: bytes, secret_key: str, fallbacks: list[str]) -> tuple[int, dict]:
+    """The id of the ToolCall a body names, and the parsed body: the checks of attribution that
+    need no database; raises Unattributable saying why."""
     if len(body) > MAX_BODY:
         raise Unattributable(f"the body is larger than {MAX_BODY} bytes")
     # UTF-8 first, then JSON: json.loads would also take bytes in UTF-16 or UTF-32, and such a body
@@ -69,26 +83,78 @@ def attribute(
     toolcall_id = verify_system(system, secret_key, fallbacks)
     if toolcall_id is None:
         raise Unattributable("data.system does not verify: it was not issued by this portal")
-    toolcall = session.get(ToolCall, toolcall_id)
-    if toolcall is None:
+    return toolcall_id, document
+
+
+def attribute(
+    session: Session, client: ClientLike, body: bytes, secret_key: str, fallbacks: list[str]
+) -> tuple[ToolCall, dict]:
+    """The ToolCall a body is for (its tool and user loaded with it), and the parsed body; raises
+    Unattributable saying why."""
+    toolcall_id, document = identify(body, secret_key, fallbacks)
+    # One query for the three rows attribution and validation read, instead of one lazy load each.
+    toolcall = session.get(
+        ToolCall, toolcall_id, options=[joinedload(ToolCall.tool), joinedload(ToolCall.user)]
+    )
+    _check_owner(toolcall_id, None if toolcall is None else toolcall.tool.client_id, client)
+    return toolcall, document
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """The ToolCall a result is for, as ``attribute_row`` reads it."""
+
+    id: int
+    status: str
+    slug: str  # its tool's
+    persnr: str  # its user's
+
+
+_TOOLCALL, _TOOL, _USER = ToolCall.__table__, Tool.__table__, User.__table__
+#: Built once: building a statement costs more CPU than running it.
+_ATTRIBUTION_COLUMNS = (
+    select(_TOOLCALL.c.status, _TOOL.c.client_id, _TOOL.c.slug, _USER.c.persnr)
+    .select_from(_TOOLCALL.join(_TOOL, _TOOL.c.id == _TOOLCALL.c.tool_id))
+    .join(_USER, _USER.c.id == _TOOLCALL.c.user_id)
+    .where(_TOOLCALL.c.id == bindparam("toolcall_id"))
+)
+
+
+def attribute_row(
+    db: Session | Connection, client: ClientLike, body: bytes, secret_key: str, fallbacks: list[str]
+) -> tuple[Attributed, dict]:
+    """``attribute`` reading only the columns attribution and validation need, in one query."""
+    toolcall_id, document = identify(body, secret_key, fallbacks)
+    row = db.execute(_ATTRIBUTION_COLUMNS, {"toolcall_id": toolcall_id}).one_or_none()
+    _check_owner(toolcall_id, None if row is None else row.client_id, client)
+    return Attributed(toolcall_id, row.status, row.slug, row.persnr), document
+
+
+def _check_owner(toolcall_id: int, owner_id: int | None, client: ClientLike) -> None:
+    """Raise Unattributable unless the ToolCall exists (``owner_id``: its tool's client) and is the
+    client's."""
+    if owner_id is None:
         raise Unattributable(f"data.system names ToolCall {toolcall_id}, which does not exist")
-    if toolcall.tool.client_id != client.id:
+    if owner_id != client.id:
         raise Unattributable(
             f"data.system names ToolCall {toolcall_id}, which is not one of client {client.name}'s"
         )
-    return toolcall, document
 
 
 def validate(document: dict, toolcall: ToolCall, token: str) -> ResultFields:
     """The fields of a valid result; raises InvalidResult saying what is wrong."""
+    return validate_fields(document, token, persnr=toolcall.user.persnr, slug=toolcall.tool.slug)
+
+
+def validate_fields(document: dict, token: str, *, persnr: str, slug: str) -> ResultFields:
+    """``validate`` for a ToolCall whose user's ``persnr`` and tool's ``slug`` are given."""
     data = document["data"]
     problems = []
     if document.get("token") != token:
         problems.append(f"token is {document.get('token')!r}, not the result token {token!r}")
-    if data.get("persnr") != toolcall.user.persnr:
+    if data.get("persnr") != persnr:
         problems.append("persnr is not the persnr of the attempt's user")
     exam = data.get("exam")
-    slug = toolcall.tool.slug
     if not isinstance(exam, str) or not (exam == slug or exam.startswith(f"{slug}:")):
         problems.append(f"exam is {exam!r}, not {slug!r} or {slug + ':...'!r}")
     passed = data.get("passed")

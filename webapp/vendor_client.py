@@ -5,8 +5,9 @@ this module is where the portal defends itself against that URL:
 
 - **Time.** A vendor gets 5 s to accept the connection and 15 s for the *whole* response: connect,
   headers and body together. A per-read timeout is not enough (a server that drips a byte a second
-  never trips it), so every request runs under a deadline: a timer shuts the socket down when the
-  budget is spent, whatever phase the request is in.
+  never trips it), so every request runs under a deadline: when the budget is spent, the socket is
+  shut down, whatever phase the request is in. One thread per process keeps the time of every
+  fetch's deadline.
 - **Size.** At most ``max_bytes`` (1 MiB) of body is read; a larger body is refused without reading
   the rest.
 - **Redirects** are never followed: a 3xx is reported as a failure naming the ``Location``, so a
@@ -18,6 +19,13 @@ this module is where the portal defends itself against that URL:
   connect (DNS rebinding) therefore cannot slip a private address past it. TLS still uses the URL's
   host name for SNI and certificate checks. Proxy settings from the environment are ignored, since a
   proxy would make the connect-time check meaningless.
+- **Kept connections.** Each thread keeps its connections to vendors open for its next fetch (one
+  per vendor host; in production and outside it apart), as HTTP/1.1 allows: a new TCP connection,
+  and in production a TLS handshake, per fetch was a large part of the worker's CPU. A kept
+  connection was checked when it was made, and comes under the new fetch's deadline before
+  anything is sent on it. No cookies or other state pass from one fetch to the next. A connection
+  the vendor closed while it was kept fails the request before any answer: that request is tried
+  once more, on a new connection, within the same deadline (a GET is idempotent).
 - **Signing.** When the client has a secret, the request carries Standard Webhooks headers
   (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``) so the vendor can tell the portal
   from anyone else knowing its URL. ``verify_webhook`` is the vendor's side of it.
@@ -30,7 +38,8 @@ Standard Webhooks library should therefore be given a ``whsec_`` secret.
 The life of one fetch attempt:
 
 1. Build the URL (``access_token`` added to the query) and refuse a non-https URL in production.
-2. Resolve, check and connect (production: public addresses only), under the connect timeout.
+2. Take the thread's kept connection to the host, or resolve, check and connect (production:
+   public addresses only), under the connect timeout.
 3. Send the GET with ``Accept: application/json`` and, if the client has a secret, the signature.
 4. Read the status and headers, then at most ``max_bytes`` of body, all within the total budget.
 5. Classify (§5): ``ok``, ``retry`` (with ``Retry-After`` where honoured) or ``fail``, with a short
@@ -44,10 +53,14 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import functools
 import hashlib
+import heapq
 import hmac
 import ipaddress
+import itertools
 import math
+import os
 import random
 import socket
 import ssl
@@ -210,29 +223,27 @@ class _Deadline:
     layer the read is in (http.client's status line, TLS, the body), and is safe from another
     thread. Each socket is tracked through a duplicate of its descriptor: the duplicate stays valid
     even after the TLS layer takes the original over, and cannot be reused for another connection
-    before the ``with`` block ends and closes it.
+    before the ``with`` block ends and closes it. The clock is kept by the process's one
+    ``_Watchdog`` thread.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._started_at = self._ends_at = 0.0  # set when the clock starts, in __enter__
+        self._started_at = self.ends_at = 0.0  # set when the clock starts, in __enter__
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._expired = False
-        self._stopped = False
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self.stopped = False
 
     def __enter__(self) -> _Deadline:
         self._started_at = time.monotonic()
-        self._ends_at = self._started_at + self.seconds
-        self._timer.start()
+        self.ends_at = self._started_at + self.seconds
+        _watchdog.watch(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
         with self._lock:
-            self._stopped = True
+            self.stopped = True
             for sock in self._sockets:
                 sock.close()
             self._sockets.clear()
@@ -242,27 +253,102 @@ class _Deadline:
         return self._expired
 
     def remaining(self) -> float:
-        return max(0.0, self._ends_at - time.monotonic())
+        return max(0.0, self.ends_at - time.monotonic())
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started_at
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
-            if self._stopped:
+            if self.stopped:
                 return
-            duplicate = sock.dup()
+            # fromfd duplicates the descriptor; unlike sock.dup() it also works on a TLS socket (a
+            # kept connection is tracked again by each fetch that reuses it).
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
             self._sockets.append(duplicate)
             if self._expired:
                 _shutdown(duplicate)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
-            if self._stopped:
+            if self.stopped:
                 return
             self._expired = True
             for sock in self._sockets:
                 _shutdown(sock)
+
+
+class _Watchdog:
+    """Expires the deadlines of every fetch of the process, from one thread.
+
+    A ``threading.Timer`` per fetch cost a thread start, and a wake-up to cancel it, on every fetch:
+    a measurable part of the callbacks worker's CPU (docs/portal-performance.md). This thread sleeps
+    until the earliest deadline still running; a finished fetch only marks its deadline stopped,
+    and the thread drops it when it comes to the top.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._due: list[tuple[float, int, _Deadline]] = []  # a heap by end time
+        self._order = itertools.count()  # ties: never compare two deadlines
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._condition:
+            heapq.heappush(self._due, (deadline.ends_at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vendor-fetch-deadlines", daemon=True)
+                self._thread.start()
+            elif self._due[0][2] is deadline:
+                self._condition.notify()  # it sleeps until a later end
+
+    def _run(self) -> None:
+        with self._condition:
+            while True:
+                while self._due and self._due[0][2].stopped:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._condition.wait()
+                    continue
+                wait = self._due[0][0] - time.monotonic()
+                if wait > 0:
+                    self._condition.wait(wait)
+                    continue
+                heapq.heappop(self._due)[2].expire()
+
+
+_watchdog = _Watchdog()
+
+
+class _Fetching(threading.local):
+    """The fetch under way in this thread, and the adapters (with their kept connections) of the
+    thread: a thread serves one fetch at a time, so its connections are only ever used by it."""
+
+    deadline: _Deadline | None = None
+    reused = False  # whether the request went out on a connection kept from an earlier fetch
+
+    def __init__(self) -> None:
+        self.adapters: dict[bool, _GuardedAdapter] = {}
+
+
+_fetching = _Fetching()
+
+
+def _after_fork_in_child() -> None:
+    # The watchdog thread and the parent's connections do not belong to a forked child.
+    global _watchdog, _fetching
+    _watchdog = _Watchdog()
+    _fetching = _Fetching()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _current_deadline() -> _Deadline:
+    deadline = _fetching.deadline
+    if deadline is None:
+        raise RuntimeError("a guarded connection is only used inside fetch_result")
+    return deadline
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -273,13 +359,16 @@ def _shutdown(sock: socket.socket) -> None:
 
 
 class _GuardedConnectionMixin:
-    """Connects like urllib3, but checks addresses (production) and reports to the deadline.
+    """Connects like urllib3, but checks addresses (production) and reports to the deadline of the
+    fetch under way in the thread.
 
-    Bound to one fetch by ``_bind``, which sets the two class attributes below on a subclass.
+    ``production`` is set on a subclass by ``_bind``. A connection made without the address checks
+    is never used with them: each thread has one adapter (and pool) per value of ``production``.
     """
 
-    deadline: _Deadline
     production: bool
+    #: The deadline this connection's socket is tracked by (it is tracked again when kept and reused).
+    _tracked_by: _Deadline | None = None
 
     # Attributes provided by urllib3's HTTPConnection.
     _dns_host: str
@@ -287,8 +376,10 @@ class _GuardedConnectionMixin:
     port: int
     timeout: float | None
     socket_options: list[tuple[int, int, int | bytes]] | None
+    sock: socket.socket | None
 
     def _new_conn(self) -> socket.socket:
+        deadline = _current_deadline()
         host = self._dns_host.strip("[]")  # an IPv6 literal comes with its brackets
         try:
             candidates = socket.getaddrinfo(host, self.port, 0, socket.SOCK_STREAM)
@@ -301,7 +392,7 @@ class _GuardedConnectionMixin:
                 check_address(str(sockaddr[0]))
         last_error: OSError | None = None
         for family, sock_type, proto, _, sockaddr in candidates:
-            remaining = self.deadline.remaining()
+            remaining = deadline.remaining()
             if remaining <= 0:
                 break
             timeout = self.timeout if isinstance(self.timeout, int | float) else remaining
@@ -321,7 +412,8 @@ class _GuardedConnectionMixin:
                 sock.close()
                 last_error = exc
                 continue
-            self.deadline.track(sock)
+            deadline.track(sock)
+            self._tracked_by = deadline
             return sock
         if last_error is None or isinstance(last_error, TimeoutError):
             raise ConnectTimeoutError(
@@ -329,36 +421,57 @@ class _GuardedConnectionMixin:
             ) from last_error
         raise NewConnectionError(self, f"failed to connect: {last_error}") from last_error  # type: ignore[arg-type]
 
+    def request(self, *args: object, **kwargs: object) -> None:
+        # A connection kept from an earlier fetch (checked when it was made, in production): its
+        # socket comes under this fetch's deadline before anything is sent on it.
+        deadline = _current_deadline()
+        if self.sock is not None and self._tracked_by is not deadline:
+            deadline.track(self.sock)
+            self._tracked_by = deadline
+            _fetching.reused = True
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
 
 class _GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose pools build guarded connections bound to one fetch."""
+    """A requests adapter whose pools build guarded connections; one per thread (and value of
+    ``production``), kept, so that connections to a vendor are reused from one fetch to the next."""
 
-    def __init__(self, deadline: _Deadline, production: bool) -> None:
-        self._deadline = deadline
+    def __init__(self, production: bool) -> None:
         self._production = production
-        super().__init__(max_retries=0)
+        # One connection per vendor host: the thread makes one request at a time.
+        super().__init__(pool_connections=_KEPT_HOSTS, pool_maxsize=1, max_retries=0)
 
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
         self.poolmanager.pool_classes_by_scheme = {
-            "http": _bind(HTTPConnectionPool, HTTPConnection, self._deadline, self._production),
-            "https": _bind(HTTPSConnectionPool, HTTPSConnection, self._deadline, self._production),
+            "http": _bind(HTTPConnectionPool, HTTPConnection, self._production),
+            "https": _bind(HTTPSConnectionPool, HTTPSConnection, self._production),
         }
 
 
+#: Vendor hosts whose connections a thread keeps (the least recently used beyond these are closed).
+_KEPT_HOSTS = 10
+
+
+@functools.cache
 def _bind(
-    pool_class: type[HTTPConnectionPool],
-    connection_class: type[HTTPConnection],
-    deadline: _Deadline,
-    production: bool,
+    pool_class: type[HTTPConnectionPool], connection_class: type[HTTPConnection], production: bool
 ) -> type[HTTPConnectionPool]:
-    # urllib3 builds connections from a class, so the per-fetch state travels on a subclass.
+    # urllib3 builds connections from a class, so ``production`` travels on a subclass.
     connection = type(
         f"Guarded{connection_class.__name__}",
         (_GuardedConnectionMixin, connection_class),
-        {"deadline": deadline, "production": production},
+        {"production": production},
     )
     return type(f"Guarded{pool_class.__name__}", (pool_class,), {"ConnectionCls": connection})
+
+
+def _adapter(production: bool) -> _GuardedAdapter:
+    """This thread's adapter for ``production``."""
+    adapter = _fetching.adapters.get(production)
+    if adapter is None:
+        adapter = _fetching.adapters[production] = _GuardedAdapter(production)
+    return adapter
 
 
 # --- Fetching ---------------------------------------------------------------------------------------
@@ -391,7 +504,7 @@ def fetch_result(
     if production and scheme != "https":
         return FetchOutcome("fail", error="http vendor URLs are refused in production")
 
-    headers = {"Accept": "application/json", "User-Agent": "toolcall-portal"}
+    headers = dict(_HEADERS)
     if client_secret:
         timestamp = int(time.time())
         try:
@@ -402,29 +515,64 @@ def fetch_result(
         headers["webhook-timestamp"] = str(timestamp)
         headers["webhook-signature"] = signature
 
-    session = requests.Session()
-    session.trust_env = False  # no proxies (they would bypass the address check) and no .netrc
-    try:
-        with _Deadline(total_timeout) as deadline:
-            adapter = _GuardedAdapter(deadline, production)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+    # The adapter directly, not a requests.Session: no cookies carried from one vendor's answer to
+    # the next fetch, no proxies or .netrc from the environment (a proxy would make the
+    # connect-time check meaningless), no redirects, and less work per fetch.
+    adapter = _adapter(production)
+    with _Deadline(total_timeout) as deadline:
+        _fetching.deadline = deadline
+        try:
             try:
-                response = session.get(
-                    target,
-                    headers=headers,
-                    allow_redirects=False,
-                    stream=True,
-                    timeout=(connect_timeout, total_timeout),
-                )
+                response = _send(adapter, target, headers, (connect_timeout, total_timeout), deadline)
             except ForbiddenAddress as exc:
                 return FetchOutcome("fail", error=str(exc))
             except requests.RequestException as exc:
                 return _request_failed(exc, deadline, connect_timeout)
             with response:
                 return _read_response(response, target, deadline, max_bytes, within_grace)
-    finally:
-        session.close()
+        finally:
+            _fetching.deadline = None
+
+
+def _send(
+    adapter: _GuardedAdapter,
+    target: str,
+    headers: dict[str, str],
+    timeout: tuple[float, float],
+    deadline: _Deadline,
+) -> requests.Response:
+    """Send the GET; a kept connection that the vendor had closed is replaced once (see the module)."""
+    request = requests.Request("GET", target, headers=headers).prepare()
+    _fetching.reused = False
+    try:
+        return adapter.send(request, stream=True, timeout=timeout)
+    except requests.RequestException as exc:
+        if not _lost_kept_connection(exc, deadline):
+            raise
+    _fetching.reused = False
+    return adapter.send(request, stream=True, timeout=timeout)
+
+
+#: What every fetch sends besides the signature: requests' defaults (compression, keep-alive), and
+#: what the portal is and wants.
+_HEADERS = {
+    **requests.utils.default_headers(),
+    "Accept": "application/json",
+    "User-Agent": "toolcall-portal",
+}
+
+
+def _lost_kept_connection(exc: requests.RequestException, deadline: _Deadline) -> bool:
+    """Whether the request failed because a kept connection had been closed by the vendor (an idle
+    keep-alive connection may be closed at any moment, also just as a request goes out): the one
+    failure that is tried again at once, on a new connection, within the same deadline. The GET is
+    idempotent (RFC 9110 §9.2.2), and the retry is what a browser does in the same case."""
+    return (
+        _fetching.reused
+        and isinstance(exc, requests.ConnectionError)
+        and not isinstance(exc, requests.Timeout)
+        and not deadline.expired
+    )
 
 
 def _read_response(

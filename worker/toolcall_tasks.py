@@ -5,16 +5,18 @@ The life of a result fetch:
 1. **Owed.** ``/result/`` writes a ``toolcall_resultfetch`` row (state ``owed``) and queues
    ``toolcall.fetch_result``. The row is the truth; the message is only a trigger.
 2. **Claimed.** The task claims the row with one conditional UPDATE (owed, due, not claimed by a live
-   attempt). A duplicate message finds nothing to claim and stops.
+   attempt) and, in the same transaction, reads what the fetch needs of it and of its client. A
+   duplicate message finds nothing to claim and stops. No transaction stays open during the fetch.
 3. **Fetched.** One GET of the client's result URL (``webapp.vendor_client``): timeouts, no
    redirects, a size cap, signed when the client has a secret.
-4. **Decided.** A body that is attributed and valid is stored and the ToolCall finishes; an
-   attributed invalid one moves the ToolCall to ``result-received-err``; one that cannot be
-   attributed fails the fetch. A retryable outcome (connection error, timeout, 5xx, 429, early
-   404/409/425) is retried with backoff, through Celery's own retry when due within 10 minutes, and
-   by the sweep when later. Every attempt is recorded on the row. The delay before attempt n+1 is
-   ``min(base · 2^n, 1 h)`` with equal jitter, ``base`` being ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``
-   (default 5 s, as §5 says; tests make it small), unless the vendor's ``Retry-After`` says otherwise.
+4. **Decided**, in one transaction. A body that is attributed and valid is stored and the ToolCall
+   finishes (its four transitions are one change, ``lifecycle.move``); an attributed invalid one
+   moves the ToolCall to ``result-received-err``; one that cannot be attributed fails the fetch. A
+   retryable outcome (connection error, timeout, 5xx, 429, early 404/409/425) is retried with
+   backoff, through Celery's own retry when due within 10 minutes, and by the sweep when later.
+   Every attempt is recorded on the row. The delay before attempt n+1 is ``min(base · 2^n, 1 h)``
+   with equal jitter, ``base`` being ``TOOLCALL_FETCH_BACKOFF_BASE_SECS`` (default 5 s, as §5 says;
+   tests make it small), unless the vendor's ``Retry-After`` says otherwise.
 5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep re-queues owed fetches whose next attempt is
    overdue (their message was lost), expires unused start tokens and attempts past their deadline.
 """
@@ -22,17 +24,19 @@ The life of a result fetch:
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy.engine import Connection
 
 from webapp import lifecycle, vendor_client
 from webapp.config import settings
 from webapp.db import Database
 from webapp.lifecycle import Status
-from webapp.models import ResultFetch, ToolCall, ToolCallResult, utcnow
-from webapp.results import InvalidResult, Unattributable, attribute, validate
+from webapp.models import Client, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, utcnow
+from webapp.results import Attributed, InvalidResult, Unattributable, attribute_row, validate_fields
 from worker.app import app
 
 log = logging.getLogger("worker.toolcall_tasks")
@@ -47,6 +51,42 @@ EARLY_GRACE = timedelta(minutes=10)
 #: Kept of a body on the fetch record, for inspection.
 KEPT_BODY = 64 * 1024
 
+# A fetch reads and writes with Core statements, in two transactions (claim, decision): the
+# worker's CPU is what limits how many fetches a second one process completes, and ORM objects
+# (loading, unit of work, reloading what it cannot know) cost more of it than the statements
+# themselves (docs/portal-performance.md). The ToolCall still changes only through
+# ``webapp.lifecycle`` (``move``), and attribution and validation are ``webapp.results``'.
+_FETCH = ResultFetch.__table__
+_CLIENT = Client.__table__
+_RESULT = ToolCallResult.__table__
+_LOG = ToolCallLog.__table__
+
+# The statements, built once (building one costs more CPU than running it). An UPDATE without
+# ``values`` sets the columns its parameters are named after.
+_CLAIM = (
+    update(_FETCH)
+    .where(
+        _FETCH.c.id == bindparam("fetch_id"),
+        _FETCH.c.state == "owed",
+        _FETCH.c.next_attempt_at <= bindparam("due_by"),
+        or_(_FETCH.c.claimed_until.is_(None), _FETCH.c.claimed_until < bindparam("now")),
+    )
+    .values(claimed_until=bindparam("claim_until"), attempts=_FETCH.c.attempts + 1)
+)
+_CLAIMED = (
+    select(
+        _FETCH.c.token, _FETCH.c.reported_at, _FETCH.c.attempts, _CLIENT.c.id, _CLIENT.c.name,
+        _CLIENT.c.receive_result_token_url, _CLIENT.c.secret,
+    )
+    .join_from(_FETCH, _CLIENT, _FETCH.c.client_id == _CLIENT.c.id)
+    .where(_FETCH.c.id == bindparam("fetch_id"))
+)  # fmt: skip
+_RECORD = update(_FETCH).where(_FETCH.c.id == bindparam("fetch_id"))
+_STORE_RESULT = insert(_RESULT)
+_LOGGED_STATUSES = (
+    select(_LOG.c.status).where(_LOG.c.toolcall_id == bindparam("toolcall_id")).order_by(_LOG.c.id)
+)
+
 
 @lru_cache(maxsize=1)
 def _config() -> dict:
@@ -58,58 +98,76 @@ def _database() -> Database:
     return Database(_config()["DATABASE_URL"])
 
 
-def claim(db: Database, fetch_id: int) -> bool:
-    """Take the fetch for this attempt, atomically; False when it is not owed, not due or taken."""
+@dataclass(frozen=True)
+class ClaimedClient:
+    """What a fetch needs of its client (``results.attribute`` reads ``id`` and ``name``)."""
+
+    id: int
+    name: str
+    result_url: str
+    secret: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A fetch record taken for one attempt, and what the attempt needs of it."""
+
+    fetch_id: int
+    token: str
+    reported_at: datetime
+    attempts: int  # this attempt included
+    client: ClaimedClient
+
+
+def claim(db: Database, fetch_id: int) -> Claim | None:
+    """Take the fetch for this attempt, atomically, and read what the attempt needs, in the same
+    transaction; None when it is not owed, not due or taken."""
     now = utcnow()
-    with db.session() as session:
-        claimed = session.execute(
-            update(ResultFetch)
-            .where(
-                ResultFetch.id == fetch_id,
-                ResultFetch.state == "owed",
-                ResultFetch.next_attempt_at <= now + timedelta(seconds=1),
-                or_(ResultFetch.claimed_until.is_(None), ResultFetch.claimed_until < now),
-            )
-            .values(claimed_until=now + timedelta(seconds=CLAIM_SECS), attempts=ResultFetch.attempts + 1)
+    with db.begin() as connection:
+        claimed = connection.execute(
+            _CLAIM,
+            {
+                "fetch_id": fetch_id,
+                "due_by": now + timedelta(seconds=1),
+                "now": now,
+                "claim_until": now + timedelta(seconds=CLAIM_SECS),
+            },
         ).rowcount
-    return claimed == 1
+        if claimed != 1:
+            return None
+        row = connection.execute(_CLAIMED, {"fetch_id": fetch_id}).one()
+    token, reported_at, attempts, client_id, name, url, secret = row
+    return Claim(fetch_id, token, reported_at, attempts, ClaimedClient(client_id, name, url, secret))
 
 
-@app.task(name="toolcall.fetch_result", bind=True, max_retries=None)
+# The result is stored unless the sender asks otherwise (the portal's report, the ops page's retry
+# and the sweep do: nobody waits for it; tests do wait). STARTED is never stored: nobody reads it
+# (Flower has the task-started event), and it would be one more write to Redis per fetch.
+@app.task(name="toolcall.fetch_result", bind=True, max_retries=None, track_started=False)
 def fetch_result(self, fetch_id: int) -> str:
     """Fetch one owed result (see the module's phases); returns what happened, for Flower."""
     db = _database()
-    if not claim(db, fetch_id):
+    claimed = claim(db, fetch_id)  # no transaction stays open during the vendor call
+    if claimed is None:
         return "nothing to do (not owed, not due, or taken by another attempt)"
     config = _config()
-    with db.session() as session:  # read what the call needs; no transaction stays open during it
-        fetch = session.get(ResultFetch, fetch_id)
-        client = fetch.client
-        request = {
-            "url": client.receive_result_token_url,
-            "token": fetch.token,
-            "client_secret": client.secret,
-            "within_grace": utcnow() - fetch.reported_at < EARLY_GRACE,
-        }
+    client = claimed.client
     outcome = vendor_client.fetch_result(
-        request["url"],
-        request["token"],
-        client_secret=request["client_secret"],
+        client.result_url,
+        claimed.token,
+        client_secret=client.secret,
         webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
         production=config["TOOLCALL_PRODUCTION"],
-        within_grace=request["within_grace"],
+        within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
     )
     try:
-        with db.session() as session:
-            fetch = session.get(ResultFetch, fetch_id)
-            fetch.body = _kept(outcome.body)
-            fetch.claimed_until = None
+        with db.begin() as connection:
             if outcome.kind == "ok":
-                verdict = _decide(session, fetch, outcome.body, config)
+                verdict = _decide(connection, claimed, outcome.body, config)
             elif outcome.kind == "retry":
-                verdict = _plan_retry(fetch, outcome, config)
+                verdict = _plan_retry(connection, claimed, outcome, config)
             else:
-                verdict = _fail(fetch, outcome.error)
+                verdict = _fail(connection, claimed, outcome.body, outcome.error)
     except Exception as e:
         # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as
         # one to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would
@@ -127,11 +185,8 @@ def fetch_result(self, fetch_id: int) -> str:
             + str(e)[:500],  # a database error can quote a whole statement
             retry_after=0.0 if concurrent else None,
         )
-        with db.session() as session:
-            fetch = session.get(ResultFetch, fetch_id)
-            fetch.body = _kept(outcome.body)
-            fetch.claimed_until = None
-            verdict = _plan_retry(fetch, retry, config)
+        with db.begin() as connection:
+            verdict = _plan_retry(connection, claimed, retry, config)
     if verdict.startswith("retry in "):
         delay = float(verdict.split()[2])
         if delay <= NEAR_RETRY_SECS:
@@ -149,73 +204,87 @@ def _kept(body: bytes) -> str:
     return _text(body[:KEPT_BODY].decode("utf-8", "replace")) if body else ""
 
 
-def _fail(fetch: ResultFetch, reason: str) -> str:
+def _record(db: Connection, claimed: Claim, body: bytes, **values) -> None:
+    """Write the attempt on the fetch record -- the body it got and ``values`` -- and end the claim."""
+    db.execute(_RECORD, {"fetch_id": claimed.fetch_id, "body": _kept(body), "claimed_until": None, **values})
+
+
+def _fail(db: Connection, claimed: Claim, body: bytes, reason: str, **values) -> str:
     reason = _text(reason)
-    fetch.state = "failed"
-    fetch.last_error = reason
-    log.error("result fetch %s failed for good: %s", fetch.id, reason)
+    _record(db, claimed, body, state="failed", last_error=reason, **values)
+    log.error("result fetch %s failed for good: %s", claimed.fetch_id, reason)
     return f"failed: {reason}"
 
 
-def _plan_retry(fetch: ResultFetch, outcome, config: dict) -> str:
+def _plan_retry(db: Connection, claimed: Claim, outcome, config: dict) -> str:
     delay = (
         outcome.retry_after
         if outcome.retry_after is not None
-        else vendor_client.backoff_delay(fetch.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
+        else vendor_client.backoff_delay(claimed.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
     )
     due = utcnow() + timedelta(seconds=delay)
-    if due > fetch.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):
-        return _fail(fetch, f"gave up after {fetch.attempts} attempts; last: {outcome.error}")
-    fetch.last_error = _text(outcome.error)
-    fetch.next_attempt_at = due
-    log.warning("result fetch %s: %s; retry in %.0f s", fetch.id, outcome.error, delay)
+    if due > claimed.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):
+        return _fail(
+            db,
+            claimed,
+            outcome.body,
+            f"gave up after {claimed.attempts} attempts; last: {outcome.error}",
+        )
+    _record(db, claimed, outcome.body, last_error=_text(outcome.error), next_attempt_at=due)
+    log.warning("result fetch %s: %s; retry in %.0f s", claimed.fetch_id, outcome.error, delay)
     return f"retry in {delay:.3f} s: {outcome.error}"
 
 
-def _decide(session, fetch: ResultFetch, body: bytes, config: dict) -> str:
+def _decide(db: Connection, claimed: Claim, body: bytes, config: dict) -> str:
     try:
-        toolcall, document = attribute(
-            session, fetch.client, body, config["SECRET_KEY"], config["SECRET_KEY_FALLBACKS"]
+        toolcall, document = attribute_row(
+            db, claimed.client, body, config["SECRET_KEY"], config["SECRET_KEY_FALLBACKS"]
         )
     except Unattributable as e:
-        return _fail(fetch, f"the result cannot be attributed: {e}")
-    fetch.toolcall_id = toolcall.id
-    late = _late(toolcall)
+        return _fail(db, claimed, body, f"the result cannot be attributed: {e}")
+    late = _late(db, toolcall)
+    # The ToolCall's transitions, made at the end as one change (``lifecycle.move``): none when it
+    # is finished-ok already (a late result changes no state).
+    steps: list[tuple[Status, str]] = []
     if toolcall.status != Status.FINISHED_OK:
         again = toolcall.status == Status.FINISHED_ERR and not late
-        lifecycle.advance(
-            session,
-            toolcall,
-            Status.RESULT_TK_RECEIVED,
-            f"result token {fetch.token!r} from {fetch.client.name}"
-            + (" (late)" if late else " (again)" if again else ""),
+        steps.append(
+            (
+                Status.RESULT_TK_RECEIVED,
+                f"result token {claimed.token!r} from {claimed.client.name}"
+                + (" (late)" if late else " (again)" if again else ""),
+            )
         )
     try:
-        fields = validate(document, toolcall, fetch.token)
+        fields = validate_fields(document, claimed.token, persnr=toolcall.persnr, slug=toolcall.slug)
     except InvalidResult as e:
-        if toolcall.status == Status.RESULT_TK_RECEIVED:
-            lifecycle.advance(session, toolcall, Status.RESULT_RECEIVED_ERR, f"invalid result: {e}")
-        return _fail(fetch, f"invalid result: {e}")
-    session.add(
-        ToolCallResult(
-            toolcall_id=toolcall.id, data=body.decode("utf-8"), token=fetch.token, persnr=fields.persnr,
+        if steps:
+            steps.append((Status.RESULT_RECEIVED_ERR, f"invalid result: {e}"))
+            lifecycle.move(db, toolcall.id, toolcall.status, steps)
+        return _fail(db, claimed, body, f"invalid result: {e}", toolcall_id=toolcall.id)
+    db.execute(
+        _STORE_RESULT,
+        dict(
+            toolcall_id=toolcall.id, data=body.decode("utf-8"), token=claimed.token, persnr=fields.persnr,
             participant_id=fields.participant_id, exam=fields.exam, exam_type=fields.exam_type,
             passed=fields.passed, score=fields.score, timestamp=fields.timestamp, late=late,
-        )
+        ),
     )  # fmt: skip
-    if toolcall.status == Status.RESULT_TK_RECEIVED:
-        lifecycle.advance(session, toolcall, Status.RESULT_RECEIVED_OK, "result valid")
-        lifecycle.advance(
-            session, toolcall, Status.RESULT_SAVED, "result stored" + (" (late)" if late else "")
-        )
-        lifecycle.advance(session, toolcall, Status.FINISHED_OK, "done")
-    fetch.state = "done"
-    fetch.last_error = ""
-    log.info("result fetch %s: stored for toolcall %s%s", fetch.id, toolcall.id, " (late)" if late else "")
+    if steps:
+        steps += [
+            (Status.RESULT_RECEIVED_OK, "result valid"),
+            (Status.RESULT_SAVED, "result stored" + (" (late)" if late else "")),
+            (Status.FINISHED_OK, "done"),
+        ]
+        lifecycle.move(db, toolcall.id, toolcall.status, steps)
+    _record(db, claimed, body, state="done", last_error="", toolcall_id=toolcall.id)
+    log.info(
+        "result fetch %s: stored for toolcall %s%s", claimed.fetch_id, toolcall.id, " (late)" if late else ""
+    )
     return f"stored for toolcall {toolcall.id}" + (" (late)" if late else "")
 
 
-def _late(toolcall: ToolCall) -> bool:
+def _late(db: Connection, toolcall: Attributed) -> bool:
     """Whether a result for ``toolcall`` is late (spec §6): the attempt had ended before it came --
     finished-ok, or finished-err because it was superseded, its start token expired or it timed
     out. An attempt that ended only because its result was invalid (``result-received-err``) and
@@ -225,10 +294,10 @@ def _late(toolcall: ToolCall) -> bool:
     if toolcall.status != Status.FINISHED_ERR:
         return False
     previous = None
-    for row in toolcall.log:
-        if row.status == Status.FINISHED_ERR and previous != Status.RESULT_RECEIVED_ERR:
+    for status in db.scalars(_LOGGED_STATUSES, {"toolcall_id": toolcall.id}):
+        if status == Status.FINISHED_ERR and previous != Status.RESULT_RECEIVED_ERR:
             return True
-        previous = row.status
+        previous = status
     return False
 
 
@@ -259,7 +328,8 @@ def sweep() -> dict:
             )
         ).all()
     for fetch_id in sorted(set(overdue) | set(due_far)):
-        fetch_result.apply_async(args=[fetch_id], queue="callbacks")
+        # Nobody waits for a re-queued fetch's result (the record is the truth): not stored.
+        fetch_result.apply_async(args=[fetch_id], queue="callbacks", ignore_result=True)
         counts["requeued"] += 1
     with db.session() as session:
         # Read whole before changing any: advancing writes to the table a pending cursor would read.
