@@ -29,7 +29,7 @@ browser:
 
 # Full fault-injection variants (the fast ones run in `make test`).
 chaos: $(STAMP)
-	TOOLCALL_CHAOS=full $(PY) -m pytest tests/test_chaos.py
+	TOOLCALL_CHAOS=full $(PY) -m pytest -rA tests/test_chaos.py
 
 # The example tool written in C.
 tools: examples/tools/c/strtool

@@ -57,8 +57,13 @@ def settings() -> dict:
         # mid-call does not run it again; the caller gets ToolCrashed instead.
         "task_acks_late": False,
         "task_reject_on_worker_lost": False,
-        # Redis re-delivers an unacknowledged message after this; it must exceed every eval timeout.
-        "broker_transport_options": {"visibility_timeout": MAX_EVAL_TIMEOUT + 600},
+        # No ack emulation on Redis: with it, kombu 5.7.0 crashes a worker (exit 1) that loses the
+        # broker connection while it holds reserved messages (docs/reliability.md). Nothing relies
+        # on Redis redelivering a dead worker's messages: evals run at most once (a redelivery would
+        # come after the caller's deadline anyway), and owed result fetches are re-queued from the
+        # database by the sweep. (Should emulation come back, its visibility timeout must exceed every
+        # eval timeout.)
+        "broker_transport_options": {"ack_emulation": False, "visibility_timeout": MAX_EVAL_TIMEOUT + 600},
         # A call carries its own deadline (the caller's timeout); these are the ceilings.
         "task_time_limit": MAX_EVAL_TIMEOUT + 60,
         "task_soft_time_limit": MAX_EVAL_TIMEOUT,

@@ -1,28 +1,32 @@
-"""The operator's pages (admins only): dashboard, ToolCalls, result fetches and their retry, clients
-and tools (spec §5-§8)."""
+"""The operator's pages (admins only): dashboard (with its chart of attempts, on SQLite and
+PostgreSQL), ToolCalls, result fetches and their retry, clients and tools (spec §5-§8), and the
+navigation (Flower). The ToolBus page against real workers: tests/test_ops_toolbus.py."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+    REDIS_URL,
     add_client,
     add_tool,
     add_user,
     app_fixture,
     csrf,
+    database_url_fixture,
     logged_in,
     portal_environment_fixture,
+    postgres_url_fixture,
     redis_db_fixture,
 )
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
-from webapp import lifecycle
+from webapp import SECURITY_HEADERS, create_app, lifecycle
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
 
@@ -38,9 +42,8 @@ HAPPY_PATH = [
 ]
 
 
-@pytest.fixture(name="ops")
-def ops_fixture(app, redis_db):
-    """A migrated portal with a client, a tool, an operator (admin) and a candidate (not admin)."""
+def furnish(app):
+    """Migrate and add a client, a tool, an operator (admin) and a candidate (not admin)."""
     app.extensions["db"].upgrade()
     with app.extensions["db"].session() as session:
         client = add_client(session, "vendor")
@@ -48,6 +51,28 @@ def ops_fixture(app, redis_db):
         add_user(session, OPERATOR[0], password=OPERATOR[1]).is_admin = True
         add_user(session, "candidate", password="secret")
     return app
+
+
+@pytest.fixture(name="ops")
+def ops_fixture(app, redis_db):
+    """A portal on SQLite with a client, a tool, an operator (admin) and a candidate (not admin)."""
+    return furnish(app)
+
+
+@pytest.fixture(name="ops_on_each_database")
+def ops_on_each_database_fixture(database_url, tmp_path, portal_environment, redis_db):
+    """The same portal, once on SQLite and once on PostgreSQL (the chart's SQL must suit both)."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": tmp_path / "instance",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "SECRET_KEY": "a test key",
+        }
+    )
+    yield furnish(app)
+    app.extensions["db"].dispose()
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -78,6 +103,18 @@ def new_fetch(app, token="R1", state="failed", toolcall_id=None, **fields) -> in
 def get_fetch(app, fetch_id: int) -> ResultFetch:
     with app.extensions["db"].session() as session:
         return session.get(ResultFetch, fetch_id)
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def chart_bars(html: str) -> dict[tuple[str, str], int]:
+    """{(bucket, status): attempts} of the chart's bars."""
+    bars = re.findall(
+        r'<rect class="bar" data-bucket="([^"]+)" data-status="([^"]+)" data-count="(\d+)"', html
+    )
+    return {(bucket, status): int(n) for bucket, status, n in bars}
 
 
 def count_cell(html: str, row_id: str) -> int:
@@ -128,6 +165,8 @@ def post_form(client, url: str, data: dict):
 
 PAGES = [
     "/ops/",
+    "/ops/?chart=14d",
+    "/ops/toolbus/",
     "/ops/toolcalls/",
     "/ops/toolcalls/{toolcall}/",
     "/ops/fetches/",
@@ -197,6 +236,122 @@ def test_the_dashboard_counts_owed_and_failed_fetches(ops):
     new_fetch(ops, "R4", "done")
     html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
     assert (count_cell(html, "fetches-owed"), count_cell(html, "fetches-failed")) == (1, 2)
+
+
+def test_the_dashboard_charts_the_attempts_of_the_last_24_hours_per_hour_stacked_by_status(
+    ops_on_each_database,
+):
+    ops = ops_on_each_database
+    two_hours_ago = hour_of(utcnow()) - timedelta(hours=2)
+    five_hours_ago = hour_of(utcnow()) - timedelta(hours=5)
+    new_toolcall(ops, HAPPY_PATH, started=two_hours_ago + timedelta(minutes=10))
+    new_toolcall(ops, HAPPY_PATH, started=two_hours_ago + timedelta(minutes=59, seconds=59))
+    new_toolcall(ops, [Status.START_TK_SENT], started=two_hours_ago)  # a bucket includes its start
+    new_toolcall(ops, [Status.START_TK_SENT, Status.START_TK_ERR], started=five_hours_ago)
+    new_toolcall(ops, started=utcnow() - timedelta(days=3))  # before the chart's window
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
+    assert chart_bars(html) == {
+        (f"{two_hours_ago:%Y-%m-%dT%H:%M}", "finished-ok"): 2,
+        (f"{two_hours_ago:%Y-%m-%dT%H:%M}", "start-tk-sent"): 1,
+        (f"{five_hours_ago:%Y-%m-%dT%H:%M}", "finished-err"): 1,
+    }
+    assert re.findall(r'<li data-status="([^"]+)">', html) == ["start-tk-sent", "finished-ok", "finished-err"]
+    assert "Attempts started, last 24 hours" in html
+
+
+def test_the_dashboard_charts_the_attempts_of_the_last_14_days_per_day(ops_on_each_database):
+    ops = ops_on_each_database
+    today = hour_of(utcnow()).replace(hour=0)
+    new_toolcall(ops, HAPPY_PATH, started=today - timedelta(days=3) + timedelta(hours=1))
+    new_toolcall(ops, [Status.START_TK_SENT], started=today - timedelta(days=3) + timedelta(hours=23))
+    new_toolcall(ops, HAPPY_PATH, started=today - timedelta(days=10))
+    new_toolcall(ops, started=today - timedelta(days=20))  # before the chart's window
+    html = logged_in(ops, *OPERATOR).get("/ops/?chart=14d").data.decode()
+    three_days_ago, ten_days_ago = today - timedelta(days=3), today - timedelta(days=10)
+    assert chart_bars(html) == {
+        (f"{three_days_ago:%Y-%m-%dT%H:%M}", "finished-ok"): 1,
+        (f"{three_days_ago:%Y-%m-%dT%H:%M}", "start-tk-sent"): 1,
+        (f"{ten_days_ago:%Y-%m-%dT%H:%M}", "finished-ok"): 1,
+    }
+    assert 'data-span="14d"' in html and "day started (UTC)" in html
+
+
+def test_the_chart_has_axis_labels_scaled_to_the_busiest_bucket(ops):
+    now = utcnow()
+    for _ in range(7):
+        new_toolcall(ops, started=now)
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
+    chart = re.search(r'<svg class="chart".*?</svg>', html, re.S).group(0)
+    y_labels = [int(v) for v in re.findall(r'text-anchor="end">(\d+)</text>', chart)]
+    x_labels = re.findall(r'<text class="x-label"[^>]*>([^<]+)</text>', chart)
+    assert y_labels == [0, 2, 4, 6, 8]  # round steps, the top above the busiest hour's 7
+    assert len(x_labels) == 8 and x_labels[-1] == f"{hour_of(now):%H:%M}"  # every third hour, up to now
+    assert "hour started (UTC)" in chart and ">attempts</text>" in chart
+
+
+def test_the_chart_is_inline_svg_that_the_content_security_policy_allows(ops):
+    new_toolcall(ops)
+    response = logged_in(ops, *OPERATOR).get("/ops/")
+    html = response.data.decode()
+    assert response.headers["Content-Security-Policy"] == SECURITY_HEADERS["Content-Security-Policy"]
+    assert '<svg class="chart"' in html and "<script" not in html
+    assert not re.search(r'(src|href)="(https?:)?//', html.replace('href="http://127.0.0.1:5555/"', ""))
+
+
+def test_without_attempts_in_the_window_the_chart_says_so(ops):
+    new_toolcall(ops, HAPPY_PATH, started=utcnow() - timedelta(days=2))
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
+    assert '<svg class="chart"' not in html and chart_bars(html) == {}
+    assert 'id="attempts-chart-empty">No attempts started in the last 24 hours.' in html
+
+
+def test_an_unknown_chart_span_shows_the_last_24_hours(ops):
+    html = logged_in(ops, *OPERATOR).get("/ops/?chart=forever").data.decode()
+    assert "Attempts started, last 24 hours" in html
+
+
+def test_the_dashboard_lists_the_failed_fetches_with_a_retry_button(ops):
+    failed = new_fetch(ops, "R1", "failed", last_error="HTTP 503 from the vendor")
+    new_fetch(ops, "R2", "owed")
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
+    assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(failed)]
+    assert f'action="/ops/fetches/{failed}/retry"' in html and "HTTP 503 from the vendor" in html
+
+
+def test_the_dashboard_lists_the_latest_ten_failed_fetches_and_links_to_all(ops):
+    start = utcnow() - timedelta(hours=1)
+    ids = [new_fetch(ops, f"R{i}", "failed", reported_at=start + timedelta(minutes=i)) for i in range(12)]
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
+    assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(i) for i in ids[::-1][:10]]
+    assert "the latest 10 of 12" in html and 'href="/ops/fetches/?state=failed">all</a>' in html
+
+
+def test_retry_from_the_dashboard_reopens_the_fetch_and_returns_to_the_dashboard(ops, redis_db):
+    fetch_id = new_fetch(ops, state="failed", last_error="HTTP 500")
+    client = logged_in(ops, *OPERATOR)
+    back = re.search(r'name="next" value="([^"]+)"', client.get("/ops/").data.decode()).group(1)
+    response = retry(client, fetch_id, "/ops/", next=back)
+    assert (response.status_code, response.headers["Location"]) == (303, "/ops/")
+    assert get_fetch(ops, fetch_id).state == "owed" and redis_db.llen("callbacks") == 1
+    html = client.get("/ops/").data.decode()
+    assert f"Result fetch {fetch_id} is owed again and queued." in html
+    assert count_cell(html, "fetches-owed") == 1 and count_cell(html, "fetches-failed") == 0
+
+
+# ---- navigation -------------------------------------------------------------------------------------
+
+
+def test_the_ops_navigation_links_to_the_toolbus_page_and_to_flower(ops):
+    html = logged_in(ops, *OPERATOR).get("/ops/clients/").data.decode()
+    nav = re.search(r'<nav class="ops">(.*?)</nav>', html, re.S).group(1)
+    assert 'href="/ops/toolbus/"' in nav
+    assert 'href="http://127.0.0.1:5555/"' in nav and "its own login" in nav
+
+
+def test_the_flower_link_follows_the_flower_url_setting(ops):
+    ops.config["FLOWER_URL"] = "https://flower.example.org/"
+    html = logged_in(ops, *OPERATOR).get("/ops/").data.decode()
+    assert 'id="flower-link">Flower</a>' in html and 'href="https://flower.example.org/"' in html
 
 
 # ---- ToolCalls --------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """The operator's pages (admins only): what the ToolCalls and result fetches are doing, and the
 clients and tools they run on.
 
-    /ops/                                  dashboard: ToolCalls by status, owed and failed fetches
+    /ops/?chart=24h|14d                    dashboard: ToolCalls by status, a chart of the attempts
+                                           started per hour (day), owed fetches, failed ones to retry
     /ops/toolcalls/?status=S&tool=SLUG     ToolCalls, newest first, 50 a page
     /ops/toolcalls/<id>/                   one ToolCall: its log, stored results and result fetches
     /ops/fetches/?state=failed             result fetches; a failed one can be retried (POST)
     /ops/clients/, /ops/tools/             list, add (``new/``) and edit (``<id>/``)
+    /ops/toolbus/                          the ToolBus: tools.toml, the Celery workers online (their
+                                           queues, pool, calls served, tool restarts), failed calls
+
+The navigation also links to Flower (``FLOWER_URL``), which asks its own login.
 
 Someone not logged in is sent to the login page; a user who is not an admin gets 403. A client's
 secret is never shown, only whether one is set.
@@ -38,7 +43,8 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, Regexp
 
-from webapp.api import FETCH_QUEUE, FETCH_TASK
+from webapp import attempt_chart, toolbus_status
+from webapp.api import send_fetch
 from webapp.auth import login_manager, safe_next
 from webapp.cli import save_client, save_tool
 from webapp.db import get_session
@@ -49,6 +55,8 @@ log = logging.getLogger("webapp.ops")
 bp = Blueprint("ops", __name__, url_prefix="/ops")
 
 PER_PAGE = 50
+#: Failed result fetches listed on the dashboard; the fetch list has them all.
+DASHBOARD_FAILED = 10
 
 
 @bp.before_request
@@ -95,12 +103,25 @@ def dashboard():
     found = dict(session.execute(select(ToolCall.status, func.count()).group_by(ToolCall.status)).all())
     by_status = [(status.value, found.get(status.value, 0)) for status in Status]
     fetches = dict(session.execute(select(ResultFetch.state, func.count()).group_by(ResultFetch.state)).all())
+    span = request.args.get("chart", attempt_chart.DEFAULT_SPAN)
+    if span not in attempt_chart.SPANS:
+        span = attempt_chart.DEFAULT_SPAN
+    failed_fetches = session.scalars(
+        select(ResultFetch)
+        .options(joinedload(ResultFetch.client))
+        .where(ResultFetch.state == "failed")
+        .order_by(ResultFetch.reported_at.desc(), ResultFetch.id.desc())
+        .limit(DASHBOARD_FAILED)
+    ).all()
     return render_template(
         "ops/dashboard.html",
         by_status=by_status,
         total=sum(found.values()),
         owed=fetches.get("owed", 0),
         failed=fetches.get("failed", 0),
+        failed_fetches=failed_fetches,
+        chart=attempt_chart.build(session, utcnow(), span),
+        spans=attempt_chart.SPANS.values(),
     )
 
 
@@ -204,7 +225,7 @@ def retry_fetch(fetch_id: int):
         return redirect(back, code=303)
     log.info("result fetch %s re-opened by operator %s", fetch_id, current_user.username)
     try:
-        current_app.extensions["celery"].send_task(FETCH_TASK, args=[fetch_id], queue=FETCH_QUEUE)
+        send_fetch(fetch_id)
     except Exception as e:  # the fetch is owed in the database: the sweep queues it
         log.error("could not queue result fetch %s (the sweep will): %s", fetch_id, e)
         flash(
@@ -215,6 +236,22 @@ def retry_fetch(fetch_id: int):
     else:
         flash(f"Result fetch {fetch_id} is owed again and queued.")
     return redirect(back, code=303)
+
+
+# ---- the ToolBus -------------------------------------------------------------------------------------
+
+
+@bp.get("/toolbus/")
+def toolbus():
+    """Tools, workers and failed calls; takes ``TOOLCALL_INSPECT_TIMEOUT_SECS`` waiting for workers."""
+    config = current_app.config
+    found = toolbus_status.status(
+        current_app.extensions["celery"],
+        config["REDIS_URL"],
+        config["TOOLCALL_TOOLS"],
+        config["TOOLCALL_INSPECT_TIMEOUT_SECS"],
+    )
+    return render_template("ops/toolbus.html", status=found)
 
 
 # ---- clients and tools ------------------------------------------------------------------------------

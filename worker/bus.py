@@ -21,6 +21,7 @@ from typing import Any
 
 import celery.exceptions
 from celery import Celery
+from celery.backends.base import BaseKeyValueStoreBackend
 
 import toolbus.errors as errors
 from toolbus.aterm import ATerm, parse, term
@@ -30,6 +31,8 @@ from worker.app import make_app
 from worker.events import Event, EventChannel, redis_client
 
 DEFAULT_TIMEOUT = 30.0
+#: A caller whose call takes longer checks this often that the worker process running it is alive.
+WATCH_SECS = 1.0
 #: Extra seconds the worker's hard time limit allows past the caller's deadline. An external tool
 #: is killed at the deadline by its instance; an internal one runs inline in the worker child, and
 #: this limit kills the child (and the tool with it) if the call overruns.
@@ -137,12 +140,28 @@ class Bus:
         return slots
 
     def _wait(self, result, tool: str, call: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        runner = _Runner(self.events, result)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._get(result, tool, call, max(0.0, min(left, WATCH_SECS)))
+            except celery.exceptions.TimeoutError:
+                if left <= WATCH_SECS:
+                    raise ToolTimeout(f"tool {tool}: no value for {call} within {timeout:g} s") from None
+                if runner.lost():
+                    raise ToolCrashed(
+                        f"tool {tool}: the worker process running {call} was lost (pid {runner.pid} "
+                        f"of {runner.worker} is gone, and nobody was left to report the call)"
+                    ) from None
+
+    def _get(self, result, tool: str, call: Any, timeout: float) -> Any:
+        """The call's value within ``timeout``, its error as a ``toolbus.errors`` class, or Celery's
+        ``TimeoutError`` when it has none yet."""
         try:
             return result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
-        except ToolBusError:
+        except (ToolBusError, celery.exceptions.TimeoutError):
             raise
-        except celery.exceptions.TimeoutError:
-            raise ToolTimeout(f"tool {tool}: no value for {call} within {timeout:g} s") from None
         except celery.exceptions.WorkerLostError as e:
             raise ToolCrashed(f"tool {tool}: the worker process running {call} was lost ({e})") from None
         except (celery.exceptions.TimeLimitExceeded, celery.exceptions.SoftTimeLimitExceeded):
@@ -179,3 +198,51 @@ class Bus:
         signatures = self._tool(event.tool).signatures
         signatures.check_ack(signatures.check_event(event.term), result)
         self.events.ack(event, result)
+
+
+class _Runner:
+    """Whether the worker process running a call has died without anyone reporting it.
+
+    Celery's STARTED state names the worker and the pid running the call; that process keeps a key
+    on the event channel alive while it lives (``worker.ownership``). The call is lost once the key
+    was seen and is then missing twice in a row, ``WATCH_SECS`` apart: a Redis that restarted
+    empty gets the key back within a second. A process never seen alive (a worker of an older
+    version, or the state not readable) is never declared lost: the caller waits for its timeout.
+    """
+
+    def __init__(self, events: EventChannel, result):
+        self.events = events
+        self.result = result
+        # Reading a task's state is a plain read from a key-value backend (Redis); from the rpc://
+        # backend it would consume the reply messages, the call's value among them.
+        self.readable = isinstance(result.backend, BaseKeyValueStoreBackend)
+        self.worker: str | None = None
+        self.pid: int | None = None
+        self.seen_alive = False
+        self.missing = 0
+
+    def lost(self) -> bool:
+        if not self.readable:
+            return False
+        try:
+            meta = self.result.backend.get_task_meta(self.result.id, cache=False)
+            started = meta.get("status") == "STARTED" and isinstance(meta.get("result"), dict)
+            if started:
+                self.worker, self.pid = meta["result"].get("hostname"), meta["result"].get("pid")
+            if not (started and self.worker and self.pid):
+                self.missing = 0
+                return False
+            alive = self.events.is_process_alive(self.worker, self.pid)
+        except Exception:
+            return False  # the broker or Redis is unreachable: the wait itself will tell
+        if alive:
+            self.seen_alive, self.missing = True, 0
+            return False
+        if self.seen_alive:
+            self.missing += 1
+        if self.missing < 2:
+            return False
+        try:
+            return not self.result.ready()  # a process that ended normally stored the value first
+        except Exception:
+            return False

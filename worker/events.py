@@ -14,6 +14,11 @@ Why this shape:
   child refreshes every second and deletes when the tool is recycled, restarted or gone. An ack for
   an instance without that key is refused with ``TransactionError``: the tool that emitted the
   event is not there to receive it. A child killed outright loses its key within ``INSTANCE_TTL``.
+- **Every worker process that runs calls holds a key too** (``toolbus:process:<worker>:<pid>``,
+  refreshed every second, same expiry). A caller waiting for a call that has started checks the key
+  of the process running it: a worker killed as a whole (main process and pool children at once)
+  leaves nobody to report its calls as lost, and without the key the caller would wait until its
+  timeout.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ INSTANCE_TTL = 5
 STREAM_MAXLEN = 100_000
 
 
-def redis_client(url: str | None = None) -> redis.Redis:
+def redis_client(url: str | None = None, **options) -> redis.Redis:
     """The Redis of events and acks: REDIS_URL (also when the Celery broker is RabbitMQ)."""
-    return redis.Redis.from_url(url or os.environ.get("REDIS_URL") or celeryconfig.DEFAULT_REDIS_URL)
+    return redis.Redis.from_url(
+        url or os.environ.get("REDIS_URL") or celeryconfig.DEFAULT_REDIS_URL, **options
+    )
 
 
 def stream_key(tool: str) -> str:
@@ -52,6 +59,10 @@ def acks_key(instance: str) -> str:
 
 def instance_key(instance: str) -> str:
     return f"{PREFIX}:instance:{instance}"
+
+
+def process_key(worker: str, pid: int) -> str:
+    return f"{PREFIX}:process:{worker}:{pid}"
 
 
 @dataclass(frozen=True)
@@ -99,10 +110,20 @@ class EventChannel:
         data = json.loads(item[1])
         return data["id"], data["result"]
 
+    def process_alive(self, worker: str, pid: int) -> None:
+        """Process ``pid`` of ``worker`` (its Celery node name) is alive and may run calls."""
+        self.redis.set(process_key(worker, pid), "1", ex=INSTANCE_TTL)
+
+    def process_gone(self, worker: str, pid: int) -> None:
+        self.redis.delete(process_key(worker, pid))
+
     # ---- the application ---------------------------------------------------------------------------
 
     def is_alive(self, instance: str) -> bool:
         return bool(self.redis.exists(instance_key(instance)))
+
+    def is_process_alive(self, worker: str, pid: int) -> bool:
+        return bool(self.redis.exists(process_key(worker, pid)))
 
     def take(self, tool: str, pattern: ATerm, owner: str, lease: float, timeout: float) -> Event | None:
         """Lease the earliest offered event of ``tool`` matching ``pattern``; None after ``timeout``."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -73,6 +74,22 @@ def command(spec: WorkerSpec, group: str, loglevel: str = "INFO") -> list[str]:
     if spec.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(spec.max_tasks_per_child)]
     return argv
+
+
+def node_name(spec: WorkerSpec, group: str) -> str:
+    """The Celery node name of a worker of this host (``--hostname`` with ``%h`` expanded)."""
+    return f"{spec.name}-{group}@{socket.gethostname()}"
+
+
+def forget_tool_starts(specs: list[WorkerSpec], group: str) -> None:
+    """Start the ops page's tool start counts of these workers afresh: restarts count from here."""
+    from worker import health
+
+    names = [node_name(spec, group) for spec in specs]
+    try:
+        health.Records(health.redis_client()).forget_starts(names)
+    except Exception as e:  # Redis away: the workers will say so too, and counting goes on from before
+        log.warning("could not reset the tool start counts of %s: %s", ", ".join(names), e)
 
 
 def list_tools(out: TextIO) -> int:
@@ -150,6 +167,7 @@ def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> i
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"host group {group}: {len(specs)} worker(s) for {default_tools_path()}", flush=True)
+    forget_tool_starts(specs, group)
     workers = [_Worker(spec, command(spec, group, loglevel), env) for spec in specs]
     try:
         while not stopping.is_set():

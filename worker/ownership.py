@@ -14,6 +14,13 @@ events to the event channel as they come, also between tasks, and passes acks ba
 Each task also brings the channel's view of its instance up to date before it returns (``settle``),
 so that a caller who has just heard of a crash or of the instance's last request finds acks for the
 old tool refused.
+
+Every worker process that runs calls (each prefork child; the main process of the other pools)
+also keeps its process key on the event channel alive (``_ProcessBeat``). A child killed on its
+own is reported to its caller by the worker's main process (``WorkerLostError``), but when the main
+process dies the kernel kills the children with it (Celery arms their parent-death signal) and
+nobody is left to report their calls: the caller sees the key of the process running its call
+expire and raises ``ToolCrashed`` instead of waiting until its timeout (``worker.bus``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from toolbus.aterm import parse
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from toolbus.errors import ToolBusError
 from toolbus.instances import ToolInstance, start_tool
+from worker import health
 from worker.events import EventChannel, redis_client
 
 log = logging.getLogger("worker.ownership")
@@ -42,6 +50,11 @@ _owner_pid: int | None = None
 _instances: dict[str, ToolInstance] = {}
 _relays: dict[str, _EventRelay] = {}
 _descriptors: dict[str, ToolDescriptor] | None = None
+_starts_recorded: dict[str, int] = {}  # tool -> starts of its instance already recorded (health)
+_beat: _ProcessBeat | None = None
+
+#: Seconds between two refreshes of a worker process's key (it expires after ``INSTANCE_TTL``).
+BEAT_SECS = 1.0
 
 
 def descriptors() -> dict[str, ToolDescriptor]:
@@ -60,6 +73,7 @@ def instance(tool: str) -> ToolInstance:
             # Inherited across a fork: the parent's instances are not ours (and not to be stopped).
             _instances.clear()
             _relays.clear()
+            _starts_recorded.clear()
             _owner_pid = os.getpid()
         inst = _instances.get(tool)
         if inst is None:
@@ -86,9 +100,18 @@ def settle(tool: str) -> None:
     once, and the ack must be refused then, not a second later when the relay next looks.
     """
     with _lock:
-        relay = _relays.get(tool) if _owner_pid == os.getpid() else None
+        mine = _owner_pid == os.getpid()
+        relay = _relays.get(tool) if mine else None
+        inst = _instances.get(tool) if mine else None
+        recorded = _starts_recorded.get(tool, 0)
+        started = inst.starts - recorded if inst is not None else 0
+        if started:
+            _starts_recorded[tool] = inst.starts
     if relay is not None:
         relay.settle()
+    if started:
+        # Noticed here, after the request that caused it: a successful call costs no Redis round trip.
+        health.tool_started(tool, started)
 
 
 def shutdown() -> None:
@@ -112,9 +135,91 @@ def shutdown() -> None:
 @signals.worker_process_shutdown.connect
 def _on_process_shutdown(**_):
     shutdown()
+    _stop_beat()
 
 
 atexit.register(shutdown)
+
+
+# ---- the process key --------------------------------------------------------------------------------
+
+
+def _start_beat(worker: str) -> None:
+    """Keep this process's key alive from now on (once per process; a forked child starts its own)."""
+    global _beat
+    with _lock:
+        if _beat is not None and _beat.pid == os.getpid():
+            return
+    beat = _ProcessBeat(worker)  # talks to Redis: not under the lock the tasks use
+    with _lock:
+        _beat = beat
+
+
+def _stop_beat() -> None:
+    with _lock:
+        beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    if beat is not None:
+        beat.stop()
+
+
+@signals.worker_process_init.connect
+def _on_process_init(sender=None, **_):
+    _start_beat(str(sender))  # a prefork child; the sender is the worker's node name
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender=None, **_):
+    # The solo and thread pools run calls in the main process (prefork: a harmless extra key).
+    _start_beat(sender.hostname)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_):
+    _stop_beat()
+
+
+atexit.register(_stop_beat)
+
+
+class _ProcessBeat:
+    """Refreshes ``toolbus:process:<worker>:<pid>`` every ``BEAT_SECS`` while this process lives.
+
+    The first refresh happens before the process runs any call, so a caller who sees its call
+    started (Celery's STARTED state names the worker and pid) finds the key. A refresh that fails
+    (Redis unreachable) is logged once and tried again a second later: the key outlives a few.
+    """
+
+    def __init__(self, worker: str):
+        self.worker = worker
+        self.pid = os.getpid()
+        # Timeouts: the first refresh runs while the child starts, which must not hang on a Redis away.
+        self.channel = EventChannel(redis_client(socket_connect_timeout=2.0, socket_timeout=2.0))
+        self._stop = threading.Event()
+        self._failing = False
+        self._refresh()
+        self._thread = threading.Thread(target=self._loop, name="toolbus-process-beat", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        try:
+            self.channel.process_alive(self.worker, self.pid)
+        except Exception as e:
+            if not self._failing:
+                log.warning("worker %s pid %s: cannot refresh its process key: %s", self.worker, self.pid, e)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(BEAT_SECS):
+            self._refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.channel.process_gone(self.worker, self.pid)
+        except Exception:
+            pass  # it expires on its own
 
 
 class _EventRelay:
