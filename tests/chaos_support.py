@@ -55,7 +55,7 @@ import kombu.exceptions
 import pytest
 import redis
 from callbacks_worker import READY_TIMEOUT, CallbacksWorker
-from helpers import REPO
+from helpers import HAPPY_LOG, REPO
 from portal_support import PORTAL_ENVIRONMENT
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -77,15 +77,6 @@ SLUG = "chaos-exam"
 REPORTERS = 4
 #: How often the test looks at the database while it waits (a storm needs no finer view).
 POLL_SECS = 0.2
-HAPPY_LOG = [
-    "initial",
-    "start-tk-sent",
-    "start-data-sent",
-    "result-tk-received",
-    "result-received-ok",
-    "result-saved",
-    "finished-ok",
-]
 
 
 class WorkerExited(AssertionError):

@@ -45,16 +45,6 @@ BACKOFF_BASE_SECS = 0.1
 #: The longest any test waits for the worker.
 WAIT = 30.0
 
-HAPPY_LOG = [
-    "initial",
-    "start-tk-sent",
-    "start-data-sent",
-    "result-tk-received",
-    "result-received-ok",
-    "result-saved",
-    "finished-ok",
-]
-
 
 _names = itertools.count(1)
 

@@ -126,3 +126,16 @@ def still_running(processes: dict[int, str]) -> list[int]:
         if fields[19] == start and fields[0] != "Z":
             running.append(pid)
     return running
+
+
+#: The happy path's log of a ToolCall, as spec §6 gives it (written out here, not taken from the code
+#: under test).
+HAPPY_LOG = [
+    "initial",
+    "start-tk-sent",
+    "start-data-sent",
+    "result-tk-received",
+    "result-received-ok",
+    "result-saved",
+    "finished-ok",
+]

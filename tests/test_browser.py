@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from browser_support import System, chromium, empty_redis_db3, running_system
-from helpers import REPO
+from helpers import HAPPY_LOG, REPO
 
 try:
     from playwright.sync_api import expect
@@ -34,16 +34,6 @@ VIEWPORT = {"width": 1100, "height": 750}
 WAIT_MS = 60_000
 #: The demo exam's right answers: question -> option.
 ALL_RIGHT = {"q1": "sum", "q2": "absolute", "q3": "equals"}
-#: The happy path's log, spec §6.
-HAPPY_LOG = [
-    "initial",
-    "start-tk-sent",
-    "start-data-sent",
-    "result-tk-received",
-    "result-received-ok",
-    "result-saved",
-    "finished-ok",
-]
 
 
 class Screenshots:

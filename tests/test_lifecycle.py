@@ -7,6 +7,7 @@ import re
 import threading
 
 import pytest
+from helpers import HAPPY_LOG
 from portal_support import (  # noqa: F401 -- pytest fixtures, asked for by name
     add_client,
     add_tool,
@@ -57,16 +58,6 @@ ALLOWED = {
     # a late result, or a failed one fetched again
     ("finished-err", "result-tk-received"),
 }
-
-HAPPY_PATH = [
-    "initial",
-    "start-tk-sent",
-    "start-data-sent",
-    "result-tk-received",
-    "result-received-ok",
-    "result-saved",
-    "finished-ok",
-]
 
 PAIRS = [(current, new) for current in STATUSES for new in STATUSES]
 
@@ -178,14 +169,14 @@ def test_advance_writes_one_log_row_with_its_details(database):
 
 def test_the_happy_path_logs_exactly_the_seven_statuses(database):
     toolcall_id = start(database)
-    walk(database, toolcall_id, *HAPPY_PATH[1:])
-    assert [status for status, _ in logged(database, toolcall_id)] == HAPPY_PATH
+    walk(database, toolcall_id, *HAPPY_LOG[1:])
+    assert [status for status, _ in logged(database, toolcall_id)] == HAPPY_LOG
     assert read(database, toolcall_id).status == "finished-ok"
 
 
 def test_ended_is_set_only_when_finished_ok(database):
     toolcall_id = start(database)
-    walk(database, toolcall_id, *HAPPY_PATH[1:-1])
+    walk(database, toolcall_id, *HAPPY_LOG[1:-1])
     assert read(database, toolcall_id).ended is None
     walk(database, toolcall_id, "finished-ok")
     assert read(database, toolcall_id).ended is not None
@@ -194,7 +185,7 @@ def test_ended_is_set_only_when_finished_ok(database):
 @pytest.mark.parametrize("open_status", ["initial", "start-tk-sent", "start-data-sent"])
 def test_a_superseded_attempt_is_finished_err_with_ended_set(database, open_status):
     toolcall_id = start(database)
-    walk(database, toolcall_id, *HAPPY_PATH[1 : HAPPY_PATH.index(open_status) + 1])
+    walk(database, toolcall_id, *HAPPY_LOG[1 : HAPPY_LOG.index(open_status) + 1])
     walk(database, toolcall_id, "finished-err")
     toolcall = read(database, toolcall_id)
     assert (toolcall.status, toolcall.ended is not None) == ("finished-err", True)
