@@ -31,7 +31,6 @@ from datetime import timedelta
 import pytest
 from fetch_support import (
     BACKOFF_BASE_SECS,
-    HAPPY_LOG,
     WAIT,
     Attempt,
     Portal,
@@ -40,7 +39,7 @@ from fetch_support import (
     result_body,
     running_portal,
 )
-from helpers import wait_until
+from helpers import HAPPY_LOG, wait_until
 from portal_support import postgres_url_fixture  # noqa: F401  (asked for by name)
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url

@@ -58,7 +58,6 @@ from bad_vendor import (
     truncated,
 )
 from fetch_support import (
-    HAPPY_LOG,
     SECRET_KEY,
     Attempt,
     Portal,
@@ -67,7 +66,7 @@ from fetch_support import (
     result_body,
     running_portal,
 )
-from helpers import wait_until
+from helpers import HAPPY_LOG, wait_until
 from sqlalchemy import select
 from vendor_stub import Answer
 
