@@ -114,6 +114,10 @@ class Portal:
         self.vendor = requests.Session()
         self.steps: dict[str, list[float]] = defaultdict(list)
 
+    def fresh_connections(self) -> None:
+        self.user.close()
+        self.vendor.close()
+
     def flow(self) -> None:
         user, base, t = self.user, self.base, [time.perf_counter()]
         user.cookies.clear()  # a new visitor: log in every time
@@ -159,6 +163,9 @@ class Bare:
         self.url = f"{base}/"
         self.session = requests.Session()
 
+    def fresh_connections(self) -> None:
+        self.session.close()
+
     def flow(self) -> None:
         for _ in range(5):
             r = self.session.get(self.url, timeout=TIMEOUT)
@@ -187,6 +194,10 @@ def storm(sides: list, seconds: float) -> float:
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
+    # Connections kept from the previous round sat idle past gunicorn's keep-alive while the other
+    # side ran: the server may close one just as a request goes out on it (a reset). Start afresh.
+    for side in sides:
+        side.fresh_connections()
     threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(sides))]
     for thread in threads:
         thread.start()
