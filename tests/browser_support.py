@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import requests
 from callbacks_worker import CLEARED, CallbacksWorker
 from helpers import REPO, wait_until
@@ -58,26 +57,6 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-# ---- Redis ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def empty_redis_db3() -> Iterator[None]:
-    """Redis database 3, flushed before and after."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        client.close()
-        unavailable(f"Redis is not reachable at {REDIS_URL}: {e}")
-    client.flushdb()
-    try:
-        yield
-    finally:
-        client.flushdb()
-        client.close()
 
 
 # ---- servers ----------------------------------------------------------------------------------------

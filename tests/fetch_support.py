@@ -30,7 +30,7 @@ import redis
 from callbacks_worker import CallbacksWorker
 from flask import Flask
 from helpers import wait_until
-from portal_support import PORTAL_ENVIRONMENT, add_client, add_tool, add_user, unavailable
+from portal_support import PORTAL_ENVIRONMENT, add_client, add_tool, add_user, empty_redis
 from sqlalchemy import select, update
 from vendor_stub import VendorStub
 
@@ -206,16 +206,6 @@ def new_token() -> str:
     return f"R-{secrets.token_hex(8)}"
 
 
-def redis_db(url: str) -> redis.Redis:
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        client.close()
-        unavailable(f"Redis is not reachable at {url}: {e}")
-    return client
-
-
 def running_portal(
     directory: Path,
     database_url: str,
@@ -227,46 +217,43 @@ def running_portal(
     """A migrated database, a portal app and a callbacks worker on it; everything stopped after.
 
     ``production`` sets ``TOOLCALL_PRODUCTION`` for both (https-only vendor URLs, address checks)."""
-    broker = redis_db(redis_url)
-    broker.flushdb()
-    database = Database(database_url)
-    database.upgrade()
-    database.dispose()
-    instance = directory / "instance"
-    settings = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_RESULT_BACKEND": redis_url,
-        "SECRET_KEY": SECRET_KEY,
-    }
-    if production:
-        settings["TOOLCALL_PRODUCTION"] = "1"
-    with pytest.MonkeyPatch.context() as environment:
-        for variable in PORTAL_ENVIRONMENT:
-            environment.delenv(variable, raising=False)
-        app = create_app(
-            {**settings, "TESTING": True, "INSTANCE_PATH": instance, "TOOLCALL_RATELIMIT": False}
+    with empty_redis(redis_url) as broker:
+        database = Database(database_url)
+        database.upgrade()
+        database.dispose()
+        instance = directory / "instance"
+        settings = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+            "SECRET_KEY": SECRET_KEY,
+        }
+        if production:
+            settings["TOOLCALL_PRODUCTION"] = "1"
+        with pytest.MonkeyPatch.context() as environment:
+            for variable in PORTAL_ENVIRONMENT:
+                environment.delenv(variable, raising=False)
+            app = create_app(
+                {**settings, "TESTING": True, "INSTANCE_PATH": instance, "TOOLCALL_RATELIMIT": False}
+            )
+        worker = CallbacksWorker(
+            name,
+            directory / f"{name}.log",
+            {
+                **settings,
+                "TOOLCALL_INSTANCE": str(instance),
+                "TOOLCALL_FETCH_BACKOFF_BASE_SECS": str(BACKOFF_BASE_SECS),
+                "TOOLCALL_REQUEUE_GRACE_SECS": "0",
+            },
         )
-    worker = CallbacksWorker(
-        name,
-        directory / f"{name}.log",
-        {
-            **settings,
-            "TOOLCALL_INSTANCE": str(instance),
-            "TOOLCALL_FETCH_BACKOFF_BASE_SECS": str(BACKOFF_BASE_SECS),
-            "TOOLCALL_REQUEUE_GRACE_SECS": "0",
-        },
-    )
-    worker.start()
-    try:
-        worker.wait_ready()
-        yield Portal(app, worker, stub, broker)
-    finally:
+        worker.start()
         try:
-            worker.stop()
+            worker.wait_ready()
+            yield Portal(app, worker, stub, broker)
         finally:
-            app.extensions["db"].dispose()
-            app.extensions["celery"].close()
-            broker.flushdb()
-            broker.close()
+            try:
+                worker.stop()
+            finally:
+                app.extensions["db"].dispose()
+                app.extensions["celery"].close()

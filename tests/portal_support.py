@@ -16,6 +16,7 @@ functions it uses and asks for them by that name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -64,11 +65,11 @@ def unavailable(message: str) -> None:
 # ---- databases --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", name="postgres_url")
-def postgres_url_fixture() -> Iterator[str]:
-    """The URL of a database made for this test session, dropped at its end."""
+@contextlib.contextmanager
+def scratch_postgres_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database (``<prefix>_<random>``) for as long as the block runs; its URL."""
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"toolcall_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     try:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -81,6 +82,13 @@ def postgres_url_fixture() -> Iterator[str]:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session", name="postgres_url")
+def postgres_url_fixture() -> Iterator[str]:
+    """The URL of a database made for this test session, dropped at its end."""
+    with scratch_postgres_database("toolcall_test") as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS, name="database_url")
@@ -155,19 +163,30 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=10)
 
 
-@pytest.fixture(name="redis_db")
-def redis_db_fixture() -> Iterator[redis.Redis]:
-    """The tests' Redis database, empty, flushed again afterwards."""
-    client = redis_client()
+@contextlib.contextmanager
+def empty_redis(url: str) -> Iterator[redis.Redis]:
+    """A client on the Redis database at ``url``, flushed before and after the block.
+
+    Unreachable Redis skips the test on a workstation and fails it in CI."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
     try:
         client.ping()
     except redis.ConnectionError as e:
         client.close()
-        unavailable(f"Redis is not reachable at {REDIS_URL}: {e}")
+        unavailable(f"Redis is not reachable at {url}: {e}")
     client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(name="redis_db")
+def redis_db_fixture() -> Iterator[redis.Redis]:
+    """The tests' Redis database, empty, flushed again afterwards."""
+    with empty_redis(REDIS_URL) as client:
+        yield client
 
 
 # ---- the app ----------------------------------------------------------------------------------------

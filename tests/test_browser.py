@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import System, chromium, empty_redis_db3, running_system
+from browser_support import REDIS_URL, System, chromium, running_system
 from helpers import HAPPY_LOG, REPO
+from portal_support import empty_redis
 
 try:
     from playwright.sync_api import expect
@@ -53,7 +54,7 @@ class Screenshots:
 
 @pytest.fixture(name="system")
 def system_fixture(tmp_path: Path) -> Iterator[System]:
-    with empty_redis_db3(), running_system(tmp_path) as system:
+    with empty_redis(REDIS_URL), running_system(tmp_path) as system:
         yield system
 
 

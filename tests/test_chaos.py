@@ -36,7 +36,6 @@ Nothing is skipped in CI (``CI=true``): a missing redis-server or PostgreSQL fai
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import threading
 import time
@@ -55,11 +54,9 @@ from chaos_support import (
     wait_for,
 )
 from helpers import pid_gone, wait_until, write_tools
-from portal_support import POSTGRES_URL, unavailable
-from sqlalchemy import create_engine
+from portal_support import scratch_postgres_database, unavailable
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
-from worker_support import counter, is_below, probe
+from worker_support import counter, eval_in_thread, is_below, probe
 
 from toolbus.aterm import make
 from toolbus.errors import ToolCrashed
@@ -120,20 +117,8 @@ def storms_fixture(tmp_path: Path) -> Iterator[Callable[..., Storm]]:
 @pytest.fixture(name="chaos_postgres")
 def chaos_postgres_fixture() -> Iterator[str]:
     """A PostgreSQL database of the test's own (``chaos_<random>``), dropped at the end."""
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"chaos_{secrets.token_hex(4)}"
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except OperationalError as e:
-        admin.dispose()
-        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {e.orig}")
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with scratch_postgres_database("chaos") as url:
+        yield url
 
 
 def sqlite_url(directory: Path) -> str:
@@ -372,21 +357,6 @@ def stamp(bus, tool: str) -> tuple[int, int]:
     return pid, served
 
 
-def eval_in_thread(bus, tool: str, call) -> tuple[threading.Thread, dict]:
-    outcome: dict = {"started": time.monotonic()}
-
-    def run():
-        try:
-            outcome["value"] = bus.eval(tool, call, timeout=CALL_TIMEOUT)
-        except Exception as e:
-            outcome["error"] = e
-        outcome["at"] = time.monotonic()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
 def kill_worker_main_process(launcher: ChaosLauncher, child: int, outcome: dict) -> int:
     """SIGKILL the main process of the shared worker running ``child``; returns its pid."""
     main = launcher.worker_pids()["toolbus-shared"]
@@ -426,7 +396,7 @@ def test_an_internal_call_whose_worker_is_killed_as_a_whole_is_tool_crashed_befo
     for kill in range(TOOL_KILLS):
         marker = tmp_path / f"nap-{kill}"  # written by the nap once it runs in the worker child
         thread, outcome = eval_in_thread(
-            bus, "counter", make("nap(<str>,<real>)", str(marker), 10 * CALL_TIMEOUT)
+            bus, "counter", make("nap(<str>,<real>)", str(marker), 10 * CALL_TIMEOUT), CALL_TIMEOUT
         )
         wait_until(marker.exists, TIMEOUT, "the nap to start in a worker child")
         child = int(marker.read_text())
@@ -445,7 +415,7 @@ def test_an_external_call_whose_worker_is_killed_as_a_whole_is_tool_crashed_befo
     bus = launcher.bus()
     for _ in range(TOOL_KILLS):
         tool_process, _ = stamp(bus, "probe")  # one child: this process serves the next call too
-        thread, outcome = eval_in_thread(bus, "probe", "hang")
+        thread, outcome = eval_in_thread(bus, "probe", "hang", CALL_TIMEOUT)
         wait_for(lambda: running(launcher, "hang"), TIMEOUT, "the hanging call to start", interval=0.1)
         killed = kill_worker_main_process(launcher, parent_of(tool_process), outcome)
         check_crashed_before_timeout(thread, outcome)

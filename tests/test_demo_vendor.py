@@ -22,10 +22,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
-import redis
 import requests
 from flask import Flask
 from portal_support import (  # noqa: F401 -- pytest fixtures, asked for by name
+    empty_redis,
     portal_environment_fixture,
     unavailable,
 )
@@ -83,16 +83,8 @@ class System:
 
 @pytest.fixture(name="redis_db6")
 def redis_db6_fixture() -> Iterator[None]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        client.close()
-        unavailable(f"Redis is not reachable at {REDIS_URL}: {e}")
-    client.flushdb()
-    yield
-    client.flushdb()
-    client.close()
+    with empty_redis(REDIS_URL):
+        yield
 
 
 def cli(app: Flask, *args: str) -> None:

@@ -6,6 +6,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from helpers import HAPPY_LOG
 from portal_support import (  # noqa: F401
     add_client,
     add_tool,
@@ -135,14 +136,7 @@ def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attem
         tool = session.scalar(select(Tool))
         tool.restartable = False
         toolcall = lifecycle.create(session, tool, session.scalar(select(User)))
-        for status in [
-            "start-tk-sent",
-            "start-data-sent",
-            "result-tk-received",
-            "result-received-ok",
-            "result-saved",
-            "finished-ok",
-        ]:
+        for status in HAPPY_LOG[1:]:
             lifecycle.advance(session, toolcall, status, "test")
     response = start(logged_in(portal, "candidate", "secret"))
     assert response.status_code == 409 and b"cannot be taken again" in response.data

@@ -41,15 +41,16 @@ from fetch_support import (
 )
 from helpers import HAPPY_LOG, wait_until
 from portal_support import postgres_url_fixture  # noqa: F401  (asked for by name)
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 from vendor_stub import Answer, VendorStub
 
 from webapp import lifecycle
 from webapp.lifecycle import Status
-from webapp.models import ResultFetch, ToolCall, utcnow
-from webapp.vendor_client import verify_webhook
+from webapp.models import Client, ResultFetch, ToolCall, utcnow
+from webapp.vendor_client import FetchOutcome, verify_webhook
 from worker.app import make_app
+from worker.toolcall_tasks import Claim, claim, decide
 
 pytestmark = pytest.mark.process
 
@@ -343,6 +344,78 @@ def test_the_task_sent_twice_stores_the_result_once(portal):
     assert len(portal.results(attempt.toolcall_id)) == 1
     assert len(portal.requests(vendor, token)) == 1
     assert portal.log(attempt.toolcall_id) == HAPPY_LOG
+
+
+# ---- an attempt that outlived its claim ------------------------------------------------------------
+# A worker paused (SIGSTOP, a frozen VM) between its claim and its decision for longer than the
+# claim's lease: the fetch is taken over by another attempt, and the paused one, when it resumes,
+# must not record anything. The paused attempt is played by this process (``claim``, ``decide``).
+
+
+def owe(portal: Portal, vendor: Vendor, token: str) -> int:
+    """An owed fetch as ``/result/`` records it, without its message (the test sends that itself)."""
+    with portal.db.session() as session:
+        client = session.scalar(select(Client).where(Client.name == vendor.name))
+        fetch = ResultFetch(client_id=client.id, token=token, state="owed", next_attempt_at=utcnow())
+        session.add(fetch)
+        session.flush()
+        return fetch.id
+
+
+def stalled_attempt(portal: Portal, fetch_id: int) -> Claim:
+    """A claim taken by this process, whose lease then ran out."""
+    stalled = claim(portal.db, fetch_id)
+    assert stalled is not None and stalled.attempts == 1
+    portal.change(ResultFetch, fetch_id, claimed_until=utcnow() - timedelta(seconds=1))
+    return stalled
+
+
+def test_an_attempt_that_outlived_its_claim_records_nothing_after_the_next_one_stored(any_portal):
+    vendor = any_portal.new_vendor()
+    attempt = any_portal.begin(vendor)
+    token = new_token()
+    body = json.dumps(result_body(attempt, token)).encode()
+    any_portal.stub.script(vendor.name, token, Answer(200, body, {"Content-Type": "application/json"}))
+    fetch_id = owe(any_portal, vendor, token)
+    stalled = stalled_attempt(any_portal, fetch_id)
+    assert any_portal.send_fetch(fetch_id).get(timeout=WAIT).startswith("stored")  # the worker took over
+
+    verdict = decide(any_portal.db, stalled, FetchOutcome("ok", 200, body), any_portal.app.config)
+
+    assert verdict.startswith("claim lost")
+    assert len(any_portal.results(attempt.toolcall_id)) == 1  # not a second, "late" copy
+    fetch = any_portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts, fetch.last_error) == ("done", 2, "")
+    assert any_portal.log(attempt.toolcall_id) == HAPPY_LOG
+
+
+def test_an_attempt_that_outlived_its_claim_records_nothing_while_the_next_one_runs(any_portal):
+    vendor = any_portal.new_vendor()
+    attempt = any_portal.begin(vendor)
+    token = new_token()
+    body = json.dumps(result_body(attempt, token)).encode()
+    hold = threading.Event()  # the worker's attempt waits at the vendor until the stalled one decided
+    any_portal.stub.script(
+        vendor.name, token, Answer(200, body, {"Content-Type": "application/json"}, hold=hold)
+    )
+    fetch_id = owe(any_portal, vendor, token)
+    stalled = stalled_attempt(any_portal, fetch_id)
+    try:
+        taking_over = any_portal.send_fetch(fetch_id)
+        wait_until(lambda: any_portal.requests(vendor, token), timeout=WAIT, what="the next attempt's fetch")
+
+        verdict = decide(any_portal.db, stalled, FetchOutcome("ok", 200, body), any_portal.app.config)
+
+        assert verdict.startswith("claim lost")
+        assert any_portal.results(attempt.toolcall_id) == []  # the decision was rolled back whole
+        assert any_portal.toolcall(attempt.toolcall_id).status == "start-data-sent"
+        fetch = any_portal.fetch(vendor, token)
+        assert (fetch.state, fetch.attempts) == ("owed", 2)  # still the next attempt's to record
+    finally:
+        hold.set()
+    assert taking_over.get(timeout=WAIT).startswith("stored")
+    assert len(any_portal.results(attempt.toolcall_id)) == 1
+    assert any_portal.log(attempt.toolcall_id) == HAPPY_LOG
 
 
 def test_two_results_for_one_attempt_at_once_finish_it_once_and_store_the_other_late(any_portal):

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from helpers import pid_gone, wait_until
-from worker_support import counter, is_below, probe, running
+from worker_support import counter, eval_in_thread, is_below, probe, running
 
 from toolbus.aterm import make, parse
 from toolbus.errors import SignatureError, ToolCrashed
@@ -144,24 +143,9 @@ def test_eval_many_values_stay_in_order_across_chunks(bus):
 # ---- a child killed mid-call ------------------------------------------------------------------------
 
 
-def _eval_in_thread(bus: Bus, tool: str, call, timeout: float) -> tuple[threading.Thread, dict]:
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["value"] = bus.eval(tool, call, timeout=timeout)
-        except Exception as e:
-            outcome["error"] = e
-        outcome["at"] = time.monotonic()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
 def test_a_child_killed_mid_eval_is_tool_crashed_at_once(bus, launcher, tmp_path):
     marker = tmp_path / "napping"
-    thread, outcome = _eval_in_thread(bus, "recycled", make("nap(<str>,<real>)", str(marker), 300.0), 120)
+    thread, outcome = eval_in_thread(bus, "recycled", make("nap(<str>,<real>)", str(marker), 300.0), 120)
     wait_until(marker.exists, TIMEOUT, "the nap to start in a worker child")
     child = int(Path(marker).read_text())
     assert is_below(child, launcher.worker_pids()["toolbus-recycled"])
@@ -180,7 +164,7 @@ def test_a_child_killed_mid_eval_takes_its_tool_process_along(bus, launcher):
     pid, served = stamp(bus, "precycled")
     if served == N_EXTERNAL:  # the next request goes to a fresh child: start one
         pid, served = stamp(bus, "precycled")
-    thread, outcome = _eval_in_thread(bus, "precycled", "hang", 120)
+    thread, outcome = eval_in_thread(bus, "precycled", "hang", 120)
     wait_until(lambda: _running(launcher, "hang"), TIMEOUT, "the hanging call to start")
     tool_process = pid
     child = _parent(tool_process)

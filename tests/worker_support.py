@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -365,3 +366,23 @@ def running(
         finally:
             if flush_db:
                 flush(db)
+
+
+def eval_in_thread(bus: Bus, tool: str, call, timeout: float) -> tuple[threading.Thread, dict]:
+    """Start ``bus.eval`` in a thread, so that the test can break the worker while the call waits.
+
+    The returned dict has ``started`` (monotonic time) and gets ``value`` or ``error``, then ``at``
+    (when the call returned).
+    """
+    outcome: dict = {"started": time.monotonic()}
+
+    def run():
+        try:
+            outcome["value"] = bus.eval(tool, call, timeout=timeout)
+        except Exception as e:
+            outcome["error"] = e
+        outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome

@@ -7,9 +7,13 @@ The life of a result fetch:
 2. **Claimed.** The task claims the row with one conditional UPDATE (owed, due, not claimed by a live
    attempt) and, in the same transaction, reads what the fetch needs of it and of its client. A
    duplicate message finds nothing to claim and stops. No transaction stays open during the fetch.
+   The claim is a lease of ``CLAIM_SECS``; the row's attempt count, raised by every claim, fences
+   it: an attempt that stalled past its lease (a paused process) while another took the fetch over
+   finds, when it comes to record, that the count is no longer its own, and keeps nothing.
 3. **Fetched.** One GET of the client's result URL (``webapp.vendor_client``): timeouts, no
    redirects, a size cap, signed when the client has a secret.
-4. **Decided**, in one transaction. A body that is attributed and valid is stored and the ToolCall
+4. **Decided**, in one transaction, the fetch record written last and only while the claim still
+   holds (otherwise the whole decision is rolled back). A body that is attributed and valid is stored and the ToolCall
    finishes (its four transitions are one change, ``lifecycle.move``); an attributed invalid one
    moves the ToolCall to ``result-received-err``; one that cannot be attributed fails the fetch. A
    retryable outcome (connection error, timeout, 5xx, 429, early 404/409/425) is retried with
@@ -81,7 +85,10 @@ _CLAIMED = (
     .join_from(_FETCH, _CLIENT, _FETCH.c.client_id == _CLIENT.c.id)
     .where(_FETCH.c.id == bindparam("fetch_id"))
 )  # fmt: skip
-_RECORD = update(_FETCH).where(_FETCH.c.id == bindparam("fetch_id"))
+# Fenced: it writes only while the claim is this attempt's own (see ``ClaimLost``).
+_RECORD = update(_FETCH).where(
+    _FETCH.c.id == bindparam("fetch_id"), _FETCH.c.state == "owed", _FETCH.c.attempts == bindparam("attempt")
+)
 _STORE_RESULT = insert(_RESULT)
 _LOGGED_STATUSES = (
     select(_LOG.c.status).where(_LOG.c.toolcall_id == bindparam("toolcall_id")).order_by(_LOG.c.id)
@@ -140,6 +147,11 @@ def claim(db: Database, fetch_id: int) -> Claim | None:
     return Claim(fetch_id, token, reported_at, attempts, ClaimedClient(client_id, name, url, secret))
 
 
+class ClaimLost(Exception):
+    """The attempt outlived its claim and another attempt took the fetch over: what this one got is
+    not recorded (its decision is rolled back), so that a result is never stored twice."""
+
+
 # The result is stored unless the sender asks otherwise (the portal's report, the ops page's retry
 # and the sweep do: nobody waits for it; tests do wait). STARTED is never stored: nobody reads it
 # (Flower has the task-started event), and it would be one more write to Redis per fetch.
@@ -150,16 +162,28 @@ def fetch_result(self, fetch_id: int) -> str:
     claimed = claim(db, fetch_id)  # no transaction stays open during the vendor call
     if claimed is None:
         return "nothing to do (not owed, not due, or taken by another attempt)"
-    config = _config()
     client = claimed.client
     outcome = vendor_client.fetch_result(
         client.result_url,
         claimed.token,
         client_secret=client.secret,
         webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
-        production=config["TOOLCALL_PRODUCTION"],
+        production=_config()["TOOLCALL_PRODUCTION"],
         within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
     )
+    verdict = decide(db, claimed, outcome, _config())
+    if verdict.startswith("retry in "):
+        delay = float(verdict.split()[2])
+        if delay <= NEAR_RETRY_SECS:
+            raise self.retry(countdown=delay)
+    return verdict
+
+
+def decide(db: Database, claimed: Claim, outcome: vendor_client.FetchOutcome, config: dict) -> str:
+    """Record what one attempt got (phase 4), in one transaction; returns the verdict.
+
+    A decision that cannot be recorded (a database error, the ToolCall changed meanwhile) is
+    recorded as an attempt to retry instead; one whose claim was lost is not recorded at all."""
     try:
         with db.begin() as connection:
             if outcome.kind == "ok":
@@ -168,6 +192,8 @@ def fetch_result(self, fetch_id: int) -> str:
                 verdict = _plan_retry(connection, claimed, outcome, config)
             else:
                 verdict = _fail(connection, claimed, outcome.body, outcome.error)
+    except ClaimLost:
+        return _claim_lost(claimed)
     except Exception as e:
         # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as
         # one to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would
@@ -176,7 +202,7 @@ def fetch_result(self, fetch_id: int) -> str:
         # sweep) is decided again at once, on its new state; anything else after the backoff.
         concurrent = isinstance(e, lifecycle.ConcurrentTransition)
         if not concurrent:
-            log.exception("result fetch %s: recording the outcome failed", fetch_id)
+            log.exception("result fetch %s: recording the outcome failed", claimed.fetch_id)
         retry = vendor_client.FetchOutcome(
             "retry",
             outcome.status,
@@ -185,13 +211,21 @@ def fetch_result(self, fetch_id: int) -> str:
             + str(e)[:500],  # a database error can quote a whole statement
             retry_after=0.0 if concurrent else None,
         )
-        with db.begin() as connection:
-            verdict = _plan_retry(connection, claimed, retry, config)
-    if verdict.startswith("retry in "):
-        delay = float(verdict.split()[2])
-        if delay <= NEAR_RETRY_SECS:
-            raise self.retry(countdown=delay)
+        try:
+            with db.begin() as connection:
+                verdict = _plan_retry(connection, claimed, retry, config)
+        except ClaimLost:
+            return _claim_lost(claimed)
     return verdict
+
+
+def _claim_lost(claimed: Claim) -> str:
+    log.warning(
+        "result fetch %s: attempt %s outlived its claim and another attempt took over; nothing recorded",
+        claimed.fetch_id,
+        claimed.attempts,
+    )
+    return f"claim lost: attempt {claimed.attempts} was taken over by a later one; nothing recorded"
 
 
 def _text(value: str) -> str:
@@ -205,8 +239,13 @@ def _kept(body: bytes) -> str:
 
 
 def _record(db: Connection, claimed: Claim, body: bytes, **values) -> None:
-    """Write the attempt on the fetch record -- the body it got and ``values`` -- and end the claim."""
-    db.execute(_RECORD, {"fetch_id": claimed.fetch_id, "body": _kept(body), "claimed_until": None, **values})
+    """Write the attempt on the fetch record -- the body it got and ``values`` -- and end the claim.
+
+    The last write of every decision: raises ``ClaimLost`` (rolling the decision back) when the
+    record is no longer owed to this attempt."""
+    parameters = {"fetch_id": claimed.fetch_id, "attempt": claimed.attempts, "body": _kept(body)}
+    if db.execute(_RECORD, {**parameters, "claimed_until": None, **values}).rowcount != 1:
+        raise ClaimLost(claimed.fetch_id)
 
 
 def _fail(db: Connection, claimed: Claim, body: bytes, reason: str, **values) -> str:
