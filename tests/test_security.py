@@ -59,7 +59,6 @@ from portal_support import (  # fixtures below are asked for by name  # noqa: F4
 )
 from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
-from werkzeug.security import generate_password_hash
 
 from webapp import SECURITY_HEADERS, create_app, lifecycle, vendor_client
 from webapp.lifecycle import Status
@@ -101,12 +100,9 @@ def make_portal(tmp_path: Path, ratelimit: bool):
     with app.extensions["db"].session() as session:
         client = add_client(session, "vendor")
         tool = add_tool(session, client, "excel")
-        candidate = add_user(session, "candidate")
-        admin = add_user(session, "operator")
+        add_user(session, "candidate", "secret")
+        admin = add_user(session, "operator", "operator secret")
         admin.is_admin = True
-        # Cheap hashes: these tests log in hundreds of times (the timing test makes a real one).
-        candidate.password_hash = generate_password_hash("secret", method="pbkdf2:sha256:1")
-        admin.password_hash = generate_password_hash("operator secret", method="pbkdf2:sha256:1")
         fetch = ResultFetch(client_id=client.id, token="R1", state="failed", last_error="HTTP 400")
         session.add(fetch)
         session.flush()

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
-from functools import cache
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import LoginManager, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
-from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
+from webapp import passwords
 from webapp.db import get_session
 from webapp.limits import limiter, login_key, setting
 from webapp.models import User
@@ -35,12 +33,6 @@ class LoginForm(FlaskForm):
 
 class LogoutForm(FlaskForm):
     pass
-
-
-@cache
-def _no_such_user_hash() -> str:
-    """A password hash no password matches, made once: checked when the username is unknown."""
-    return generate_password_hash(secrets.token_hex(32))
 
 
 def safe_next(target: str | None) -> str:
@@ -70,8 +62,11 @@ def login():
         # work: checking a password hash takes most of the answer's time, so skipping it for an
         # unknown user would tell by the clock alone whether a username exists.
         if user is None:
-            check_password_hash(_no_such_user_hash(), form.password.data)
+            passwords.check_unknown_user(form.password.data)
         elif user.check_password(form.password.data):
+            if passwords.needs_rehash(user.password_hash):  # an older format: store it anew
+                user.set_password(form.password.data)
+                get_session().commit()
             login_user(user)
             return redirect(safe_next(request.args.get("next")))
         flash("Unknown username or wrong password.")

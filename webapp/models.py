@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from flask_login import UserMixin
 from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from werkzeug.security import check_password_hash, generate_password_hash
+
+from webapp import passwords
 
 
 def utcnow() -> datetime:
@@ -65,10 +66,10 @@ class User(UserMixin, Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = passwords.hash_password(password)
 
     def check_password(self, password: str) -> bool:
-        return check_password_hash(self.password_hash, password)
+        return passwords.check_password(self.password_hash, password)
 
 
 class Client(Base):
