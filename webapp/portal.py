@@ -50,20 +50,20 @@ def start(slug: str):
         return render_template("portal/start.html", tool=tool, form=form)
     session = get_session()
     user = current_user._get_current_object()
-    attempts = session.scalars(
-        select(ToolCall).where(ToolCall.tool_id == tool.id, ToolCall.user_id == user.id)
-    ).all()
-    if not tool.restartable and any(a.status == Status.FINISHED_OK for a in attempts):
+    # Only the attempts this start needs, not the user's whole history with the tool: loading every
+    # earlier attempt made each start slower than the one before (about 6 µs of CPU per attempt).
+    mine = (ToolCall.tool_id == tool.id, ToolCall.user_id == user.id)
+    if not tool.restartable and session.scalar(
+        select(ToolCall.id).where(*mine, ToolCall.status == Status.FINISHED_OK).limit(1)
+    ):
         return render_template("portal/start.html", tool=tool, form=form, refused=True), 409
+    still_open = session.scalars(select(ToolCall).where(*mine, ToolCall.status.in_(OPEN))).all()
     toolcall = lifecycle.create(session, tool, user, f"attempt started by {user.username}")
-    for previous in attempts:
-        if previous.status in OPEN:
-            try:
-                lifecycle.advance(
-                    session, previous, Status.FINISHED_ERR, f"superseded by attempt {toolcall.attempt}"
-                )
-            except lifecycle.ConcurrentTransition:
-                pass  # it moved on meanwhile (e.g. its result arrived): leave it
+    for previous in still_open:
+        try:
+            lifecycle.advance(session, previous, Status.FINISHED_ERR, f"superseded by attempt {toolcall.attempt}")
+        except lifecycle.ConcurrentTransition:
+            pass  # it moved on meanwhile (e.g. its result arrived): leave it
     token = current_app.extensions["start_tokens"].issue(toolcall.id)
     lifecycle.advance(
         session, toolcall, Status.START_TK_SENT, f"start token issued; user sent to {tool.client.name}"
