@@ -55,7 +55,7 @@ import kombu.exceptions
 import pytest
 import redis
 from callbacks_worker import READY_TIMEOUT, CallbacksWorker
-from helpers import HAPPY_LOG, REPO
+from helpers import HAPPY_LOG, REPO, wait_until
 from portal_support import PORTAL_ENVIRONMENT
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -91,15 +91,6 @@ def variant(fast, full):
 def spread(total: int, faults: int) -> list[int]:
     """``faults`` progress marks spread evenly over ``total``: inject a fault at each of them."""
     return [(i + 1) * total // (faults + 1) for i in range(faults)]
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = POLL_SECS) -> None:
-    """Poll ``condition`` every ``interval`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def collect_results() -> None:
@@ -706,14 +697,15 @@ class Storm:
         return check
 
     def wait_stored(self, at_least: int) -> None:
-        wait_for(
+        wait_until(
             self._watching(lambda: self.stored() >= at_least),
             self.config.patience,
             f"{at_least} results stored (now {self.stored()}){self._tail()}",
+            interval=POLL_SECS,
         )
 
     def wait_fetch_in_flight(self) -> None:
-        wait_for(
+        wait_until(
             self._watching(lambda: self.vendor.in_flight() > 0),
             self.config.patience,
             f"a fetch under way at the vendor{self._tail()}",
@@ -724,8 +716,11 @@ class Storm:
         """Until every token was reported and no fetch is owed any more."""
         timeout = timeout or self.config.patience
         try:
-            wait_for(
-                self._watching(lambda: self.unsettled() == 0), timeout, "every fetch to be done or failed"
+            wait_until(
+                self._watching(lambda: self.unsettled() == 0),
+                timeout,
+                "every fetch to be done or failed",
+                interval=POLL_SECS,
             )
         except AssertionError as e:
             with self.db.session() as session:

@@ -39,13 +39,18 @@ def script_command(script: str, *args: str) -> str:
     return " ".join(["{python}", shlex.quote(str(TOOL_SCRIPTS / script)), *map(shlex.quote, args)])
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10.0,
+    what: str = "the condition",
+    interval: float = 0.01,
+) -> None:
+    """Poll ``condition`` every ``interval`` seconds until it is true; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 def _state(pid: int) -> tuple[str, int] | None:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import pytest
 from chaos_support import (
+    POLL_SECS,
     ChaosLauncher,
     RedisServer,
     Storm,
@@ -51,7 +52,6 @@ from chaos_support import (
     collect_results,
     spread,
     variant,
-    wait_for,
 )
 from helpers import pid_gone, wait_until, write_tools
 from portal_support import scratch_postgres_database, unavailable
@@ -275,7 +275,7 @@ def test_the_callbacks_worker_survives_broker_restarts_while_it_holds_reserved_m
     storm.start_beat()
     for attempt in range(RESTART_ATTEMPTS):
         storm.report(storm.tokens[attempt * RESTART_BATCH : (attempt + 1) * RESTART_BATCH])
-        wait_for(
+        wait_until(
             lambda: waiting_with_work_in_hand(storm),
             PATIENCE,
             "the worker to wait for messages with fetches under way",
@@ -380,10 +380,11 @@ def check_crashed_before_timeout(thread: threading.Thread, outcome: dict) -> Non
 
 def wait_restarted(launcher: ChaosLauncher, killed: int) -> None:
     """Until the launcher has restarted the killed worker and it answers a ping."""
-    wait_for(
+    wait_until(
         lambda: launcher.worker_pids().get("toolbus-shared") not in (None, killed),
         60,
         f"the launcher to restart the shared worker:\n{launcher.log()}",
+        interval=POLL_SECS,
     )
     launcher.wait_ready()
 
@@ -416,7 +417,7 @@ def test_an_external_call_whose_worker_is_killed_as_a_whole_is_tool_crashed_befo
     for _ in range(TOOL_KILLS):
         tool_process, _ = stamp(bus, "probe")  # one child: this process serves the next call too
         thread, outcome = eval_in_thread(bus, "probe", "hang", CALL_TIMEOUT)
-        wait_for(lambda: running(launcher, "hang"), TIMEOUT, "the hanging call to start", interval=0.1)
+        wait_until(lambda: running(launcher, "hang"), TIMEOUT, "the hanging call to start", interval=0.1)
         killed = kill_worker_main_process(launcher, parent_of(tool_process), outcome)
         check_crashed_before_timeout(thread, outcome)
         wait_until(lambda gone=tool_process: pid_gone(gone), 15, "the tool process to end with its worker")

@@ -258,15 +258,20 @@ def quiet_db_fixture():
     flush(DB)
 
 
-def test_when_no_worker_answers_the_page_says_so_after_the_timeout(tmp_path, portal_environment, quiet_db):
-    app = portal(tmp_path, REPO / "tools.toml", timeout=0.5)
+def timed_toolbus_page(app) -> tuple:
+    """The operator's ``/ops/toolbus/`` answer and the seconds it took; the app is disposed after."""
     client = logged_in(app, *OPERATOR)
     try:
         started = time.monotonic()
         response = client.get("/ops/toolbus/")
-        took = time.monotonic() - started
+        return response, time.monotonic() - started
     finally:
         app.extensions["db"].dispose()
+
+
+def test_when_no_worker_answers_the_page_says_so_after_the_timeout(tmp_path, portal_environment, quiet_db):
+    app = portal(tmp_path, REPO / "tools.toml", timeout=0.5)
+    response, took = timed_toolbus_page(app)
     html = response.data.decode()
     assert response.status_code == 200 and '<tr class="worker"' not in html
     assert 'id="no-workers">No workers answered within 0.5 s' in html
@@ -277,13 +282,7 @@ def test_when_the_broker_is_down_the_page_says_no_worker_answered_and_why(
     tmp_path, portal_environment, quiet_db
 ):
     app = portal(tmp_path, REPO / "tools.toml", broker="redis://127.0.0.1:1/0", timeout=0.5)
-    client = logged_in(app, *OPERATOR)
-    try:
-        started = time.monotonic()
-        response = client.get("/ops/toolbus/")
-        took = time.monotonic() - started
-    finally:
-        app.extensions["db"].dispose()
+    response, took = timed_toolbus_page(app)
     html = response.data.decode()
     assert response.status_code == 200
     assert (
