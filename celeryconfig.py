@@ -1,16 +1,22 @@
-"""Celery settings, read from the environment when this module is imported.
+"""The environment, read one way by every process, and Celery's settings from it.
 
+The portal (``webapp.config``), the workers and the Celery apps read the environment through the
+functions here, so a variable means the same everywhere and a bad value gets the same clear error:
+
+    REDIS_URL               events, records, rate limits, start tokens; default redis://127.0.0.1:6379/0
     CELERY_BROKER_URL       broker (Redis or RabbitMQ); default REDIS_URL
     CELERY_RESULT_BACKEND   result backend; default REDIS_URL
-    REDIS_URL               default redis://127.0.0.1:6379/0
+    TOOLCALL_SWEEP_SECS     how often beat queues the sweep (seconds, default 10)
 
-``settings()`` reads the environment again and returns the same settings as a dict: the Bus client
-builds its own Celery app from it when it is constructed.
+``settings()`` reads the environment as it is now and returns Celery's settings as a dict: the
+worker app (``worker.app``) and every client app (the Bus, the portal) are configured from it.
 """
 
 from __future__ import annotations
 
 import os
+
+from toolbus.descriptors import tool_queue
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -18,9 +24,49 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: must exceed it, or Redis would hand an unacknowledged eval to a second worker.
 MAX_EVAL_TIMEOUT = 3600
 
-
 #: The queue of the toolcall tasks (result fetches, the sweep): the Procfile's `callbacks` worker.
 CALLBACKS_QUEUE = "callbacks"
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or wrong; the message says which and what to do."""
+
+
+def flag(name: str) -> bool:
+    """A yes/no variable: unset, empty, 0, false, no and off are no."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def seconds(name: str, default: float, kind: type = float, zero: bool = False) -> float:
+    """A number of seconds from the environment: more than 0, or at least 0 where ``zero`` is allowed."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a number of seconds; set e.g. {name}={default}"
+        ) from None
+    if value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise ConfigurationError(f"{name}={raw!r} must be {least} seconds; set e.g. {name}={default}")
+    return value
+
+
+def redis_url() -> str:
+    """``REDIS_URL``, or Redis on this machine."""
+    return os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def broker_url(redis: str | None = None) -> str:
+    """``CELERY_BROKER_URL``, else the Redis at ``redis`` (default ``redis_url()``)."""
+    return os.environ.get("CELERY_BROKER_URL") or redis or redis_url()
+
+
+def result_backend(redis: str | None = None) -> str:
+    """``CELERY_RESULT_BACKEND``, else the Redis at ``redis`` (default ``redis_url()``)."""
+    return os.environ.get("CELERY_RESULT_BACKEND") or redis or redis_url()
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):
@@ -32,15 +78,15 @@ def route_task(name, args, kwargs, options, task=None, **kw):
         if tool is None and args:
             tool = args[0]
         if tool:
-            return {"queue": f"toolbus.{tool}"}
+            return {"queue": tool_queue(tool)}
     return None
 
 
 def settings() -> dict:
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    """Celery's settings, each with its reason, from the environment as it is now."""
     return {
-        "broker_url": os.environ.get("CELERY_BROKER_URL") or redis_url,
-        "result_backend": os.environ.get("CELERY_RESULT_BACKEND") or redis_url,
+        "broker_url": broker_url(),
+        "result_backend": result_backend(),
         # JSON only: calls and values travel as ATerm text; nothing is ever unpickled.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -81,11 +127,8 @@ def settings() -> dict:
         "beat_schedule": {
             "toolcall-sweep": {
                 "task": "toolcall.sweep",
-                "schedule": float(os.environ.get("TOOLCALL_SWEEP_SECS") or 10),
+                "schedule": seconds("TOOLCALL_SWEEP_SECS", 10),
                 "options": {"queue": CALLBACKS_QUEUE, "expires": 60},
             }
         },
     }
-
-
-globals().update(settings())

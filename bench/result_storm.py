@@ -222,8 +222,8 @@ def make_attempts(app, secret_key: str) -> dict[str, bytes]:
         session.flush()
         for i, user in enumerate(users):
             toolcall = lifecycle.create(session, tool, user, "attempt started (bench)")
-            lifecycle.advance(session, toolcall, Status.START_TK_SENT, "start token issued (bench)")
-            lifecycle.advance(session, toolcall, Status.START_DATA_SENT, "start data fetched (bench)")
+            lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "start token issued (bench)"))
+            lifecycle.advance(session, toolcall, (Status.START_DATA_SENT, "start data fetched (bench)"))
             token = f"R-{toolcall.id}-{secrets.token_urlsafe(12)}"
             bodies[token] = json.dumps(
                 {

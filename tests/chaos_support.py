@@ -23,7 +23,7 @@ process is stopped again by ``Storm.close`` (the ``storms`` fixture calls it, al
 fails); a worker killed by the test is reaped at once.
 
 The claim's lease: a fetch claimed by a worker that is then killed stays claimed for the lease
-(``worker.toolcall_tasks.CLAIM_SECS``, 120 s) before the sweep may re-queue it. The full variants
+(``webapp.fetches.CLAIM_SECS``, 120 s) before the sweep may re-queue it. The full variants
 run with that lease; the fast ones shorten it (``StormConfig.claim_secs``, set in the worker process
 before Celery starts) so that the suite fits CI's time. The lease must outlast a fetch: the vendor
 here answers in well under a second, the shortened lease is 10 s.
@@ -293,7 +293,7 @@ class SlowVendor:
 
 #: Runs ``celery ...`` with the claim's lease set first (the task reads the constant at each claim).
 _WITH_LEASE = (
-    "import worker.toolcall_tasks as tasks; tasks.CLAIM_SECS = {secs!r}; "
+    "import webapp.fetches as fetches; fetches.CLAIM_SECS = {secs!r}; "
     "from celery.__main__ import main; main()"
 )
 
@@ -344,7 +344,7 @@ class StormConfig:
     #: The sweep's period (beat) and how overdue a fetch must be before the sweep re-queues it.
     sweep_secs: float = 1.0
     grace_secs: float = 3.0
-    #: The claim's lease in the worker; None: production's (``worker.toolcall_tasks.CLAIM_SECS``).
+    #: The claim's lease in the worker; None: production's (``webapp.fetches.CLAIM_SECS``).
     claim_secs: float | None = None
     #: The first retry delay (production: 5 s); only database errors cause retries here.
     backoff_base_secs: float = 0.2
@@ -516,8 +516,8 @@ class Storm:
             session.flush()
             for i, user in enumerate(users):
                 toolcall = lifecycle.create(session, tool, user, "attempt started (chaos)")
-                lifecycle.advance(session, toolcall, Status.START_TK_SENT, "start token issued (chaos)")
-                lifecycle.advance(session, toolcall, Status.START_DATA_SENT, "start data fetched (chaos)")
+                lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "start token issued (chaos)"))
+                lifecycle.advance(session, toolcall, (Status.START_DATA_SENT, "start data fetched (chaos)"))
                 token = f"R-{toolcall.id}-{secrets.token_hex(6)}"
                 bodies[token] = json.dumps(
                     {

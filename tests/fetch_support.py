@@ -92,7 +92,7 @@ class Portal:
             tool, user = session.get(Tool, vendor.tool_id), session.get(User, vendor.user_id)
             toolcall = lifecycle.create(session, tool, user, "attempt started by the test")
             token = self.app.extensions["start_tokens"].issue(toolcall.id)
-            lifecycle.advance(session, toolcall, Status.START_TK_SENT, "start token issued")
+            lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "start token issued"))
             return toolcall.id, token
 
     def begin(self, vendor: Vendor, secret: str | None = None) -> Attempt:

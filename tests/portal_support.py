@@ -10,8 +10,8 @@ Redis: database 4, flushed before and after each test.
 Without PostgreSQL (or Redis) the tests that need it are skipped on a workstation and fail in CI
 (``CI=true``), where both are part of the environment.
 
-The fixtures are registered under their ``name``; a test module imports the ``*_fixture``
-functions it uses and asks for them by that name.
+The fixtures themselves (``database``, ``app``, ``redis_db`` ...) are in ``conftest.py``; this
+module holds what they and the tests build with.
 """
 
 from __future__ import annotations
@@ -21,18 +21,14 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
-from flask import Flask
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from webapp import create_app
-from webapp.db import Database
 from webapp.models import Client, Tool, User
 
 #: Where the test databases are made: any database of the server (trust auth, or a password in the URL).
@@ -82,42 +78,6 @@ def scratch_postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
-
-
-@pytest.fixture(scope="session", name="postgres_url")
-def postgres_url_fixture() -> Iterator[str]:
-    """The URL of a database made for this test session, dropped at its end."""
-    with scratch_postgres_database("toolcall_test") as url:
-        yield url
-
-
-@pytest.fixture(params=BACKENDS, name="database_url")
-def database_url_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of the test's own: a SQLite file, or a PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'toolcall.sqlite3'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        admin.dispose()
-
-
-@pytest.fixture(name="database")
-def database_fixture(database_url: str) -> Iterator[Database]:
-    """A migrated database of the test's own (runs on each backend)."""
-    database = Database(database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def count(session: Session, model: type) -> int:
@@ -182,38 +142,7 @@ def empty_redis(url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
-@pytest.fixture(name="redis_db")
-def redis_db_fixture() -> Iterator[redis.Redis]:
-    """The tests' Redis database, empty, flushed again afterwards."""
-    with empty_redis(REDIS_URL) as client:
-        yield client
-
-
 # ---- the app ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(name="portal_environment")
-def portal_environment_fixture(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """The portal's settings with none of them taken from the shell that runs the tests."""
-    for name in PORTAL_ENVIRONMENT:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
-@pytest.fixture(name="app")
-def app_fixture(tmp_path: Path, portal_environment: pytest.MonkeyPatch) -> Iterator[Flask]:
-    """A portal on a SQLite file of its own, with its own instance folder; schema not created yet."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "INSTANCE_PATH": tmp_path / "instance",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
-            "REDIS_URL": REDIS_URL,
-            "SECRET_KEY": "a test key",
-        }
-    )
-    yield app
-    app.extensions["db"].dispose()
 
 
 # ---- logging in through the forms ---------------------------------------------------------------------

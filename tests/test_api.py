@@ -8,13 +8,10 @@ import threading
 import time
 
 import pytest
-from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+from portal_support import (
     add_client,
     add_tool,
     add_user,
-    app_fixture,
-    portal_environment_fixture,
-    redis_db_fixture,
 )
 from sqlalchemy import select
 
@@ -39,7 +36,7 @@ def portal_fixture(app, redis_db):
         secured.secret = SECRET
         add_tool(session, secured, "word")
         toolcall = lifecycle.create(session, tool, user)
-        lifecycle.advance(session, toolcall, Status.START_TK_SENT, "token issued")
+        lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
         app.config["toolcall_id"] = toolcall.id
     app.config["start_token"] = app.extensions["start_tokens"].issue(app.config["toolcall_id"])
     return app
@@ -53,7 +50,7 @@ def new_attempt(app, slug: str) -> str:
         tool = session.scalar(select(Tool).where(Tool.slug == slug))
         user = session.scalar(select(User).where(User.username == "candidate"))
         toolcall = lifecycle.create(session, tool, user)
-        lifecycle.advance(session, toolcall, Status.START_TK_SENT, "token issued")
+        lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
         toolcall_id = toolcall.id
     return app.extensions["start_tokens"].issue(toolcall_id)
 

@@ -24,10 +24,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import pytest
 import requests
 from flask import Flask
-from portal_support import (  # noqa: F401 -- pytest fixtures, asked for by name
+from portal_support import (
     empty_redis,
-    portal_environment_fixture,
-    unavailable,
 )
 from sqlalchemy import select
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -262,10 +260,11 @@ def test_a_candidate_takes_the_exam_and_the_portal_can_fetch_a_valid_result(star
     assert outcome.kind == "ok", outcome
     with system.session() as session:
         client = session.scalar(select(Client).where(Client.name == "testclient"))
-        toolcall, document = attribute(session, client, outcome.body, PORTAL_KEY, [])
-        fields = validate(document, toolcall, token)
+        attributed, document = attribute(session, client, outcome.body, PORTAL_KEY, [])
+        fields = validate(document, token, persnr=attributed.persnr, slug=attributed.slug)
+        toolcall = session.get(ToolCall, attributed.id)
         assert (toolcall.user.username, toolcall.tool.slug) == ("user", "my-tool")
-        assert toolcall.status == "start-data-sent"
+        assert attributed.status == toolcall.status == "start-data-sent"
     assert document["type"] == "result" and document["token"] == token
     assert (fields.exam, fields.exam_type, fields.passed, fields.score) == ("my-tool", "start", True, 3)
     assert fields.participant_id and fields.timestamp.tzinfo is not None
@@ -277,8 +276,8 @@ def test_one_right_answer_of_three_is_reported_as_failed(start_system):
     outcome = fetch_like_the_worker(system, token, None)
     with system.session() as session:
         client = session.scalar(select(Client).where(Client.name == "testclient"))
-        toolcall, document = attribute(session, client, outcome.body, PORTAL_KEY, [])
-        fields = validate(document, toolcall, token)
+        attributed, document = attribute(session, client, outcome.body, PORTAL_KEY, [])
+        fields = validate(document, token, persnr=attributed.persnr, slug=attributed.slug)
     assert (fields.passed, fields.score) == (False, 1)
 
 

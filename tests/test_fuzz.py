@@ -36,13 +36,12 @@ from helpers import REPO, script_command, write_tools
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from openapi_support import DOCUMENT, documented, response_schema, validate
-from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+from portal_support import (
     PORTAL_ENVIRONMENT,
     REDIS_URL,
     add_client,
     add_tool,
     add_user,
-    postgres_url_fixture,
     redis_client,
     unavailable,
 )
@@ -553,7 +552,7 @@ def issue(app):
         with app.extensions["db"].session() as session:
             tool = session.scalar(select(Tool).where(Tool.slug == ("word" if secured else "excel")))
             toolcall = lifecycle.create(session, tool, session.scalar(select(User)))
-            lifecycle.advance(session, toolcall, Status.START_TK_SENT, "token issued")
+            lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
             toolcall_id = toolcall.id
         return app.extensions["start_tokens"].issue(toolcall_id)
 

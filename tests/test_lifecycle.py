@@ -8,13 +8,10 @@ import threading
 
 import pytest
 from helpers import HAPPY_LOG
-from portal_support import (  # noqa: F401 -- pytest fixtures, asked for by name
+from portal_support import (
     add_client,
     add_tool,
     add_user,
-    database_fixture,
-    database_url_fixture,
-    postgres_url_fixture,
 )
 from sqlalchemy import select
 
@@ -78,7 +75,7 @@ def walk(database, toolcall_id: int, *statuses: str) -> None:
     with database.session() as session:
         toolcall = session.get(ToolCall, toolcall_id)
         for status in statuses:
-            advance(session, toolcall, status, f"to {status}")
+            advance(session, toolcall, (status, f"to {status}"))
 
 
 def logged(database, toolcall_id: int) -> list[tuple[str, str]]:
@@ -162,7 +159,7 @@ def test_create_numbers_the_attempts_per_user_and_tool(database):
 def test_advance_writes_one_log_row_with_its_details(database):
     toolcall_id = start(database)
     with database.session() as session:
-        advance(session, session.get(ToolCall, toolcall_id), Status.START_TK_SENT, "token issued")
+        advance(session, session.get(ToolCall, toolcall_id), (Status.START_TK_SENT, "token issued"))
     assert logged(database, toolcall_id)[1:] == [("start-tk-sent", "token issued")]
     assert read(database, toolcall_id).status == "start-tk-sent"
 
@@ -204,7 +201,7 @@ def test_an_error_state_moves_on_to_finished_err_at_once(database, error, before
     toolcall_id = start(database)
     walk(database, toolcall_id, *before)
     with database.session() as session:
-        advance(session, session.get(ToolCall, toolcall_id), error, "the reason")
+        advance(session, session.get(ToolCall, toolcall_id), (error, "the reason"))
     toolcall = read(database, toolcall_id)
     assert (toolcall.status, toolcall.ended is not None) == ("finished-err", True)
     assert logged(database, toolcall_id)[len(before) + 1 :] == [
@@ -218,7 +215,7 @@ def test_an_illegal_advance_raises_and_changes_nothing(database):
     with database.session() as session:
         toolcall = session.get(ToolCall, toolcall_id)
         with pytest.raises(IllegalTransition):
-            advance(session, toolcall, Status.RESULT_SAVED, "skipping ahead")
+            advance(session, toolcall, (Status.RESULT_SAVED, "skipping ahead"))
     toolcall = read(database, toolcall_id)
     assert (toolcall.status, toolcall.ended) == ("initial", None)
     assert [status for status, _ in logged(database, toolcall_id)] == ["initial"]
@@ -250,10 +247,10 @@ def test_of_two_sessions_moving_the_same_toolcall_only_the_first_succeeds(databa
             is not second.connection().connection.dbapi_connection
         )
         # ... a result is attributed in one, the sweep times the attempt out in the other.
-        advance(first, mine, Status.RESULT_TK_RECEIVED, "result attributed")
+        advance(first, mine, (Status.RESULT_TK_RECEIVED, "result attributed"))
         first.commit()
         with pytest.raises(ConcurrentTransition):
-            advance(second, theirs, Status.TOOL_TIMEOUT_ERR, "deadline passed")
+            advance(second, theirs, (Status.TOOL_TIMEOUT_ERR, "deadline passed"))
         second.commit()  # whatever the loser had pending would be written now: nothing
     assert read(database, toolcall_id).status == "result-tk-received"
     assert [status for status, _ in logged(database, toolcall_id)] == [
@@ -269,10 +266,10 @@ def test_the_loser_of_a_race_reads_the_winners_status_afterwards(database):
     walk(database, toolcall_id, "start-tk-sent")
     with database.sessions() as first, database.sessions() as second:
         mine, theirs = first.get(ToolCall, toolcall_id), second.get(ToolCall, toolcall_id)
-        advance(first, mine, Status.START_DATA_SENT, "start data fetched")
+        advance(first, mine, (Status.START_DATA_SENT, "start data fetched"))
         first.commit()
         with pytest.raises(ConcurrentTransition):
-            advance(second, theirs, Status.START_TK_ERR, "token expired")
+            advance(second, theirs, (Status.START_TK_ERR, "token expired"))
         assert theirs.status == "start-data-sent"
 
 
@@ -289,7 +286,7 @@ def test_of_two_threads_racing_to_move_the_same_toolcall_exactly_one_wins(databa
             assert toolcall.status == "start-data-sent"
             barrier.wait(timeout=10)
             try:
-                advance(session, toolcall, target, "racing")
+                advance(session, toolcall, (target, "racing"))
                 session.commit()
                 outcomes[target] = "won"
             except ConcurrentTransition:

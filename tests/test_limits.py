@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from portal_support import (  # noqa: F401
+from portal_support import (
     REDIS_URL,
     add_client,
     add_user,
-    app_fixture,
     login,
-    portal_environment_fixture,
-    redis_db_fixture,
 )
 
 from webapp import create_app

@@ -10,13 +10,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from portal_support import (  # noqa: F401 -- pytest fixtures, asked for by name
+from portal_support import (
     add_client,
     add_user,
     count,
-    database_fixture,
-    database_url_fixture,
-    postgres_url_fixture,
 )
 from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError

@@ -33,14 +33,11 @@ from openapi_support import (
     response_schema,
     validate,
 )
-from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+from portal_support import (
     REDIS_URL,
     add_client,
     add_tool,
     add_user,
-    app_fixture,
-    portal_environment_fixture,
-    redis_db_fixture,
 )
 
 from webapp import create_app, errors, lifecycle
@@ -300,7 +297,7 @@ def start_token(app, slug: str) -> str:
         tool = session.scalar(select(Tool).where(Tool.slug == slug))
         user = session.scalar(select(User))
         toolcall = lifecycle.create(session, tool, user)
-        lifecycle.advance(session, toolcall, Status.START_TK_SENT, "token issued")
+        lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
         toolcall_id = toolcall.id
     return app.extensions["start_tokens"].issue(toolcall_id)
 

@@ -10,18 +10,13 @@ import re
 from datetime import datetime, timedelta
 
 import pytest
-from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+from portal_support import (
     REDIS_URL,
     add_client,
     add_tool,
     add_user,
-    app_fixture,
     csrf,
-    database_url_fixture,
     logged_in,
-    portal_environment_fixture,
-    postgres_url_fixture,
-    redis_db_fixture,
 )
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
@@ -87,7 +82,7 @@ def new_toolcall(app, statuses=(), slug="excel", username="candidate", started=N
         if started is not None:
             toolcall.started = started
         for status in statuses:
-            lifecycle.advance(session, toolcall, status, f"moved to {status}")
+            lifecycle.advance(session, toolcall, (status, f"moved to {status}"))
         return toolcall.id
 
 

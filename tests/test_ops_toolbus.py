@@ -1,6 +1,6 @@
 """The ToolBus ops page (/ops/toolbus/) against real tool workers: the workers online with their
 queues, pool, calls served and tool restarts, the tools of tools.toml, and the failed calls the
-workers recorded (worker.health); and the page when no worker answers.
+workers recorded (worker.records); and the page when no worker answers.
 
 Redis database 15 is this module's: the launcher's broker, result backend and records, and the
 portal's Redis. The workers run while the tests of ``TestWithWorkers`` run (a class-scoped
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, wait_until, write_tools
-from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+from portal_support import (
     add_user,
     logged_in,
-    portal_environment_fixture,
 )
 from worker_support import calc, counter, environment, flush, probe, redis_url, running
 
@@ -31,8 +30,8 @@ from toolbus.aterm import parse
 from toolbus.descriptors import load_tools
 from toolbus.errors import ToolCrashed, ToolError, ToolTimeout
 from webapp import create_app
-from worker import health
 from worker.launcher import forget_tool_starts, node_name, plan
+from worker.records import Records, ToolStarts, connect
 
 pytestmark = pytest.mark.process
 
@@ -130,7 +129,7 @@ def served(launcher) -> dict[str, int]:
     pids = {bus.eval("recycled", "stamp", timeout=TIMEOUT).match("[<int>,<int>]")[0] for _ in range(3)}
     assert len(pids) == 2  # the third call ran in the child that replaced the first
     # The workers record a failed call just after its caller has heard of it.
-    records = health.Records(health.redis_client(redis_url(DB)))
+    records = Records(connect(redis_url(DB)))
     wait_until(lambda: len(records.failures()) == 4, timeout=TIMEOUT, what="the 4 failed calls recorded")
     records.redis.close()
     return {"toolbus-shared": 8, "toolbus-recycled": 3}
@@ -307,13 +306,13 @@ def test_a_launcher_starts_the_restart_counts_of_its_own_workers_afresh(tmp_path
     """Restarts count from the launcher's start; the counts of other workers stay."""
     specs = plan(load_tools(write_tools(tmp_path, TOOLS), check_classes=False), GROUP, 1)
     mine = [node_name(spec, GROUP) for spec in specs]
-    records = health.Records(health.redis_client(redis_url(DB)))
+    records = Records(connect(redis_url(DB)))
     try:
         for worker in mine:
             records.tool_started(worker, "calc", 0, 3)
         records.tool_started("toolbus-shared-elsewhere@other", "calc", 0, 5)
         with environment({"REDIS_URL": redis_url(DB)}):  # as the launcher gets it
             forget_tool_starts(specs, GROUP)
-        assert records.tool_starts() == [health.ToolStarts("toolbus-shared-elsewhere@other", "calc", 0, 5)]
+        assert records.tool_starts() == [ToolStarts("toolbus-shared-elsewhere@other", "calc", 0, 5)]
     finally:
         records.redis.close()

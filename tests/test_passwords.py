@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 from argon2 import PasswordHasher
-from portal_support import (  # noqa: F401
+from portal_support import (
     add_user,
-    app_fixture,
     login,
-    portal_environment_fixture,
-    redis_db_fixture,
 )
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash

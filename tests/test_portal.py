@@ -7,15 +7,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from helpers import HAPPY_LOG
-from portal_support import (  # noqa: F401
+from portal_support import (
     add_client,
     add_tool,
     add_user,
-    app_fixture,
     csrf,
     logged_in,
-    portal_environment_fixture,
-    redis_db_fixture,
 )
 from sqlalchemy import select
 
@@ -137,7 +134,7 @@ def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attem
         tool.restartable = False
         toolcall = lifecycle.create(session, tool, session.scalar(select(User)))
         for status in HAPPY_LOG[1:]:
-            lifecycle.advance(session, toolcall, status, "test")
+            lifecycle.advance(session, toolcall, (status, "test"))
     response = start(logged_in(portal, "candidate", "secret"))
     assert response.status_code == 409 and b"cannot be taken again" in response.data
     assert len(attempts(portal)) == 1

@@ -7,10 +7,8 @@ import stat
 import threading
 
 import pytest
-from portal_support import (  # noqa: F401 -- pytest fixtures, asked for by name
-    app_fixture,
+from portal_support import (
     count,
-    portal_environment_fixture,
 )
 from sqlalchemy import inspect, select
 

@@ -40,17 +40,16 @@ from fetch_support import (
     running_portal,
 )
 from helpers import HAPPY_LOG, wait_until
-from portal_support import postgres_url_fixture  # noqa: F401  (asked for by name)
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 from vendor_stub import Answer, VendorStub
 
 from webapp import lifecycle
+from webapp.fetches import Claim, claim, decide
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, ToolCall, utcnow
 from webapp.vendor_client import FetchOutcome, verify_webhook
 from worker.app import make_app
-from worker.toolcall_tasks import Claim, claim, decide
 
 pytestmark = pytest.mark.process
 
@@ -380,9 +379,9 @@ def test_an_attempt_that_outlived_its_claim_records_nothing_after_the_next_one_s
     stalled = stalled_attempt(any_portal, fetch_id)
     assert any_portal.send_fetch(fetch_id).get(timeout=WAIT).startswith("stored")  # the worker took over
 
-    verdict = decide(any_portal.db, stalled, FetchOutcome("ok", 200, body), any_portal.app.config)
+    decision = decide(any_portal.db, stalled, FetchOutcome("ok", 200, body), any_portal.app.config)
 
-    assert verdict.startswith("claim lost")
+    assert decision.outcome == "claim-lost"
     assert len(any_portal.results(attempt.toolcall_id)) == 1  # not a second, "late" copy
     fetch = any_portal.fetch(vendor, token)
     assert (fetch.state, fetch.attempts, fetch.last_error) == ("done", 2, "")
@@ -404,9 +403,9 @@ def test_an_attempt_that_outlived_its_claim_records_nothing_while_the_next_one_r
         taking_over = any_portal.send_fetch(fetch_id)
         wait_until(lambda: any_portal.requests(vendor, token), timeout=WAIT, what="the next attempt's fetch")
 
-        verdict = decide(any_portal.db, stalled, FetchOutcome("ok", 200, body), any_portal.app.config)
+        decision = decide(any_portal.db, stalled, FetchOutcome("ok", 200, body), any_portal.app.config)
 
-        assert verdict.startswith("claim lost")
+        assert decision.outcome == "claim-lost"
         assert any_portal.results(attempt.toolcall_id) == []  # the decision was rolled back whole
         assert any_portal.toolcall(attempt.toolcall_id).status == "start-data-sent"
         fetch = any_portal.fetch(vendor, token)
@@ -473,7 +472,7 @@ def test_a_late_result_for_a_superseded_attempt_is_stored_late_and_finishes_it(p
     attempt = portal.begin(vendor)
     with portal.db.session() as session:  # the user started again before the vendor reported
         toolcall = session.get(ToolCall, attempt.toolcall_id)
-        lifecycle.advance(session, toolcall, Status.FINISHED_ERR, "superseded by attempt 2")
+        lifecycle.advance(session, toolcall, (Status.FINISHED_ERR, "superseded by attempt 2"))
     token = new_token()
     portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token)))
     portal.report(vendor, token)

@@ -47,15 +47,13 @@ import requests
 from callbacks_worker import CLEARED
 from fetch_support import Portal, new_token, running_portal
 from helpers import REPO, free_port, wait_until
-from portal_support import (  # fixtures below are asked for by name  # noqa: F401
+from portal_support import (
     REDIS_URL,
     add_client,
     add_tool,
     add_user,
     csrf,
     login,
-    portal_environment_fixture,
-    redis_db_fixture,
 )
 from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
@@ -228,7 +226,7 @@ def test_a_head_request_does_not_use_a_start_token_up(portal):
     with portal.extensions["db"].session() as session:
         tool, user = session.scalar(select(Tool)), session.scalar(select(User))
         toolcall = lifecycle.create(session, tool, user)
-        lifecycle.advance(session, toolcall, Status.START_TK_SENT, "token issued")
+        lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
         toolcall_id = toolcall.id
     token = portal.extensions["start_tokens"].issue(toolcall_id)
     head = portal.test_client().head(f"/fetch-token/?access_token={token}")

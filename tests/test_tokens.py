@@ -7,7 +7,7 @@ import re
 import threading
 import time
 
-from portal_support import redis_client, redis_db_fixture  # noqa: F401 -- pytest fixture, asked for by name
+from portal_support import redis_client
 
 from webapp.tokens import KEY, StartTokens
 

@@ -80,7 +80,7 @@ REDIS_URL = os.environ.get("TOOLCALL_TEST_FAULTS_REDIS_URL") or "redis://127.0.0
 ROW_TIMEOUT = 90.0
 #: Rows run at once: enough for every slow row, few enough not to swamp two cores.
 PARALLEL_ROWS = 12
-#: At most this much of a body is kept on the fetch record (worker/toolcall_tasks.py, KEPT_BODY).
+#: At most this much of a body is kept on the fetch record (webapp/fetches.py, KEPT_BODY).
 KEPT_BODY = 64 * 1024
 
 #: The ToolCall's log for each final status a fault can leave it in.

@@ -41,6 +41,11 @@ def default_tools_path() -> Path:
     return Path(__file__).resolve().parent.parent / "tools.toml"
 
 
+def tool_queue(name: str) -> str:
+    """The Celery queue of the tool called ``name``: ``toolbus.<name>``."""
+    return f"toolbus.{name}"
+
+
 @dataclass(frozen=True)
 class ToolDescriptor:
     """One declared tool (the seed's ToolDescriptor, snake_cased)."""
@@ -60,7 +65,7 @@ class ToolDescriptor:
     @property
     def queue(self) -> str:
         """The Celery queue of this tool."""
-        return f"toolbus.{self.name}"
+        return tool_queue(self.name)
 
     @property
     def command(self) -> list[str]:

@@ -13,16 +13,19 @@ import redis
 from flask import Flask
 from flask_wtf import CSRFProtect
 
-from webapp import api, auth, cli, ops, portal
 from webapp.config import settings
 from webapp.db import Database, close_session
-from webapp.errors import too_many_requests
-from webapp.limits import limiter
 from webapp.tokens import StartTokens
 from worker.app import make_app
 
 
 def create_app(config: dict | None = None) -> Flask:
+    # The views and commands are imported here, as the Flask tutorial does: importing a domain
+    # module (a Celery worker does) never loads the web layer.
+    from webapp import api, auth, cli, ops, portal
+    from webapp.errors import too_many_requests
+    from webapp.limits import limiter
+
     app = Flask(__name__, instance_relative_config=True)
     config = dict(config or {})
     instance = Path(config.get("INSTANCE_PATH") or os.environ.get("TOOLCALL_INSTANCE") or app.instance_path)

@@ -23,15 +23,14 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, render_template, request, send_file, url_for
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
-from webapp import lifecycle
+from webapp import fetches, lifecycle
 from webapp.db import get_session
 from webapp.errors import api_error, wants_html
 from webapp.lifecycle import Status
 from webapp.limits import limiter, setting
-from webapp.models import Client, ResultFetch, ToolCall, utcnow
+from webapp.models import Client, ToolCall
 from webapp.signing import sign_system
 from webapp.tokens import StartTokens
 
@@ -44,8 +43,6 @@ RESULT_TOKEN = re.compile(r"[\x20-\x7e]{1,255}")
 START_TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")
 #: How far a client's clock may be from ours in X-Toolcall-Auth.
 AUTH_WINDOW_SECS = 300
-FETCH_TASK = "toolcall.fetch_result"
-FETCH_QUEUE = "callbacks"
 #: The OpenAPI document of this API, served as it is.
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 #: It changes only with a deployment; clients and caches may keep it this long.
@@ -149,7 +146,7 @@ def fetch_token():
     if tokens.consume(token) != toolcall.id:
         return api_error("token-expired", "the start token is unknown, already used or expired", token)
     try:
-        lifecycle.advance(session, toolcall, Status.START_DATA_SENT, f"start data fetched by {client.name}")
+        lifecycle.advance(session, toolcall, (Status.START_DATA_SENT, f"start data fetched by {client.name}"))
         session.commit()
     except (lifecycle.IllegalTransition, lifecycle.ConcurrentTransition) as e:
         session.rollback()
@@ -192,9 +189,9 @@ def result():
         return api_error("missing-token", "no result token given (query parameter access_token)")
     if not RESULT_TOKEN.fullmatch(token):
         return api_error("token-invalid", "a result token is 1-255 printable ASCII characters", token)
-    fetch, owed_now = owe_fetch(session, client, token)
+    fetch, owed_now = fetches.owe(session, client, token)
     if owed_now:
-        queue_fetch(fetch.id)
+        fetches.trigger(current_app.extensions["celery"], fetch.id)
     if wants_html():
         # Built from the two parameters only: url_for reads _external, _scheme, _method and
         # _anchor in its keyword arguments, so passing the whole query on would let a link change
@@ -241,55 +238,3 @@ def server_error(_error):
     return api_error(
         "server-error", "the portal could not answer; try again later", request.args.get("access_token")
     )
-
-
-def owe_fetch(session, client: Client, token: str) -> tuple[ResultFetch, bool]:
-    """Record that a fetch of (client, token) is owed; True when it became owed now.
-
-    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying
-    "try again", and it is owed again."""
-    fetch = session.scalar(
-        select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
-    )
-    if fetch is None:
-        fetch = ResultFetch(client_id=client.id, token=token, state="owed", next_attempt_at=utcnow())
-        session.add(fetch)
-        try:
-            session.commit()
-        except IntegrityError:  # the same report arrived twice at once: the other one recorded it
-            session.rollback()
-            fetch = session.scalar(
-                select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
-            )
-            return fetch, False
-        log.info("result fetch %s owed to client %s", fetch.id, client.name)
-        return fetch, True
-    if fetch.state == "failed":
-        fetch.state = "owed"
-        fetch.reported_at = utcnow()
-        fetch.next_attempt_at = utcnow()
-        fetch.last_error = f"reported again after failing: {fetch.last_error}"
-        session.commit()
-        log.info("result fetch %s owed again to client %s", fetch.id, client.name)
-        return fetch, True
-    return fetch, False
-
-
-def send_fetch(fetch_id: int) -> None:
-    """Queue the fetch task; raises when the broker cannot be reached.
-
-    Nobody here waits for the fetch's result, so nothing subscribes to it: with Redis away, a
-    subscription would hold the request for its ~20 reconnection attempts (about 19 s), where the
-    publish alone gives up in well under a second."""
-    current_app.extensions["celery"].send_task(
-        FETCH_TASK, args=[fetch_id], queue=FETCH_QUEUE, ignore_result=True
-    )
-
-
-def queue_fetch(fetch_id: int) -> None:
-    """Trigger the fetch task. The database is the source of truth: if the broker is down, the
-    sweep queues the fetch later, so the vendor still gets its 200."""
-    try:
-        send_fetch(fetch_id)
-    except Exception as e:  # the broker's failure must not lose the report or fail the vendor
-        log.error("could not queue result fetch %s (the sweep will): %s", fetch_id, e)

@@ -2,7 +2,7 @@
 
 See the table in README.md ("Configuration"). ``settings(instance_path, overrides)`` is called by
 ``create_app`` (``overrides`` being the app's own config, e.g. a test's) and by the Celery tasks,
-which have no Flask app.
+which have no Flask app. Variables are read the way every process reads them (``celeryconfig``).
 """
 
 from __future__ import annotations
@@ -13,36 +13,13 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import celeryconfig
+from celeryconfig import ConfigurationError, broker_url, flag, redis_url, result_backend, seconds
 from toolbus.descriptors import default_tools_path
+
+__all__ = ["ConfigurationError", "settings"]
 
 #: The development key's file in the instance folder.
 SECRET_KEY_FILE = "secret_key"
-
-
-class ConfigurationError(RuntimeError):
-    """A setting is missing or wrong; the message says which and what to do."""
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
-def _seconds(name: str, default: float, kind: type = float, zero: bool = False) -> float:
-    """A number of seconds from the environment: more than 0, or at least 0 where ``zero`` is allowed."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return kind(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"{name}={raw!r} is not a number of seconds; set e.g. {name}={default}"
-        ) from None
-    if value < 0 or (value == 0 and not zero):
-        least = "0 or more" if zero else "more than 0"
-        raise ConfigurationError(f"{name}={raw!r} must be {least} seconds; set e.g. {name}={default}")
-    return value
 
 
 def _secret_key(instance_path: Path, production: bool, configured: str | None = None) -> str:
@@ -93,8 +70,8 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
     if "TOOLCALL_PRODUCTION" in overrides:
         production = bool(overrides["TOOLCALL_PRODUCTION"])
     else:
-        production = _flag("TOOLCALL_PRODUCTION")
-    redis_url = overrides.get("REDIS_URL") or os.environ.get("REDIS_URL") or celeryconfig.DEFAULT_REDIS_URL
+        production = flag("TOOLCALL_PRODUCTION")
+    redis = overrides.get("REDIS_URL") or redis_url()
     fallbacks = os.environ.get("SECRET_KEY_FALLBACKS", "")
     database_url = overrides.get("DATABASE_URL") or os.environ.get("DATABASE_URL")
     if not database_url:
@@ -104,27 +81,25 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
     values = {
         "INSTANCE_PATH": str(instance_path),
         "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": redis,
         # Celery's broker and result backend follow REDIS_URL unless set on their own.
-        "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or redis_url,
-        "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND") or redis_url,
+        "CELERY_BROKER_URL": broker_url(redis),
+        "CELERY_RESULT_BACKEND": result_backend(redis),
         "SECRET_KEY": _secret_key(instance_path, production, overrides.get("SECRET_KEY")),
         "SECRET_KEY_FALLBACKS": [key.strip() for key in fallbacks.split(",") if key.strip()],
         "TOOLCALL_PRODUCTION": production,
-        "TOOLCALL_TOKEN_TIMEOUT_SECS": _seconds(
-            "TOOLCALL_TOKEN_TIMEOUT_SECS", 10 if production else 200, int
-        ),
-        "TOOLCALL_SWEEP_SECS": _seconds("TOOLCALL_SWEEP_SECS", 10),
+        "TOOLCALL_TOKEN_TIMEOUT_SECS": seconds("TOOLCALL_TOKEN_TIMEOUT_SECS", 10 if production else 200, int),
+        "TOOLCALL_SWEEP_SECS": seconds("TOOLCALL_SWEEP_SECS", 10),
         # 0 is allowed: the sweep then re-queues an owed fetch as soon as it is due (a duplicate
         # message is harmless, the task claims the fetch first).
-        "TOOLCALL_REQUEUE_GRACE_SECS": _seconds("TOOLCALL_REQUEUE_GRACE_SECS", 30, zero=True),
-        "TOOLCALL_FETCH_GIVE_UP_SECS": _seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
+        "TOOLCALL_REQUEUE_GRACE_SECS": seconds("TOOLCALL_REQUEUE_GRACE_SECS", 30, zero=True),
+        "TOOLCALL_FETCH_GIVE_UP_SECS": seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
         # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (spec §5: 5 s).
-        "TOOLCALL_FETCH_BACKOFF_BASE_SECS": _seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
+        "TOOLCALL_FETCH_BACKOFF_BASE_SECS": seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
         # The ops pages: the tools file (as the workers read it), how long the ToolBus page waits for
         # workers to answer, and where Flower is (it asks its own login).
         "TOOLCALL_TOOLS": str(default_tools_path()),
-        "TOOLCALL_INSPECT_TIMEOUT_SECS": _seconds("TOOLCALL_INSPECT_TIMEOUT_SECS", 1.0),
+        "TOOLCALL_INSPECT_TIMEOUT_SECS": seconds("TOOLCALL_INSPECT_TIMEOUT_SECS", 1.0),
         "FLOWER_URL": os.environ.get("FLOWER_URL") or "http://127.0.0.1:5555/",
         "TOOLCALL_RATELIMIT": os.environ.get("TOOLCALL_RATELIMIT", "on").strip().lower() != "off",
         "TOOLCALL_RATELIMIT_LOGIN": os.environ.get("TOOLCALL_RATELIMIT_LOGIN") or "10/minute",

@@ -2,8 +2,8 @@
 
 Rules (spec §6):
 
-- A ToolCall is created in ``initial``; every later status change goes through ``advance``,
-  ``advance_through`` or ``move`` below.
+- A ToolCall is created in ``initial`` (``create``); every later status change goes through
+  ``advance`` below.
 - ``TRANSITIONS`` below is the whole truth: a change it does not list raises ``IllegalTransition``
   and changes nothing.
 - Changes are safe under concurrency: ``advance`` updates the row only where the status is still
@@ -11,14 +11,13 @@ Rules (spec §6):
 - Each change writes exactly one ``toolcall_toolcalllog`` row (status and details), and creating a
   ToolCall writes the ``initial`` row; nothing else goes into that table.
 - The three error states move on to ``finished-err`` at once, in the same operation.
-- ``advance_through`` makes several changes in a row as one operation (the result fetch's happy
+- ``advance`` makes one change or several in a row as one operation (the result fetch's happy
   path is four): every step is checked against the table first, then one compare-and-set UPDATE
   takes the ToolCall from the status it was read in to the last step's, and one INSERT writes a
   log row per step. The intermediate statuses are never visible to another transaction either
   way, so this is the same as advancing step by step inside one transaction, at a quarter of the
-  statements. ``advance`` is its one-step case; ``move`` does the same for a ToolCall known by id
-  and the status it was read in, without an ORM object. All three check the steps with one function
-  (``_path``) and write them with another (``_write``).
+  statements. It takes an ORM ``ToolCall`` in a session, or the id and status a caller read on a
+  Core connection (a result fetch reads only the columns it needs).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -132,41 +132,42 @@ _SET_STATUS = update(_TOOLCALL).where(
 _ADD_LOG = insert(_LOG)
 
 
-def advance(session: Session, toolcall: ToolCall, new: Status | str, details: str) -> None:
-    """Move ``toolcall`` to ``new`` (flushed, not committed); an error state ends it at once."""
-    advance_through(session, toolcall, [(new, details)])
+class Attempt(Protocol):
+    """A ToolCall as ``advance`` needs it: a ``ToolCall``, or the columns a caller read of one."""
+
+    id: int
+    status: str
 
 
-def advance_through(session: Session, toolcall: ToolCall, steps: Sequence[tuple[Status | str, str]]) -> None:
+def advance(db: Session | Connection, toolcall: Attempt, *steps: tuple[Status | str, str]) -> str:
     """Move ``toolcall`` through ``steps`` -- (status, details) pairs, in order -- as one change
-    (flushed, not committed): each step must be allowed after the one before it, an error state
-    ends the attempt at once (``finished-err`` with the same details follows it), and each step is
-    logged. Raises ``IllegalTransition`` (nothing changed) or ``ConcurrentTransition`` (another
-    process moved the ToolCall first; nothing changed, its status is re-read on next access)."""
+    (not committed); returns the new status.
+
+    Each step must be allowed after the one before it, an error state ends the attempt at once
+    (``finished-err`` with the same details follows it), and each step is logged. Raises
+    ``IllegalTransition`` (nothing changed) or ``ConcurrentTransition`` (another process moved the
+    ToolCall first; nothing changed). A ``ToolCall`` of ``db``'s session is kept up to date; a
+    caller that read only columns (a result fetch, on a Core connection) keeps its own."""
     current = toolcall.status
     path = _path(current, steps)
-    # Changes the caller made through the ORM go first, so statements run in the order they were made.
-    session.flush()
+    tracked = isinstance(db, Session) and isinstance(toolcall, ToolCall)
+    if tracked:
+        # Changes the caller made through the ORM go first, so statements run in the order they were made.
+        db.flush()
     try:
-        final, ended = _write(session, toolcall.id, current, path)
+        final, ended = _write(db, toolcall.id, current, path)
     except ConcurrentTransition:
-        session.expire(toolcall, ["status", "ended"])
+        if tracked:
+            db.expire(toolcall, ["status", "ended"])  # re-read on next access
         raise
-    # The statements bypassed the ORM, which is now told what they wrote instead of reading it
-    # back; the log is read again when next asked for.
-    set_committed_value(toolcall, "status", final)
-    if ended is not None:
-        set_committed_value(toolcall, "ended", ended)
-    session.expire(toolcall, ["log"])
-
-
-def move(
-    db: Session | Connection, toolcall_id: int, current: str, steps: Sequence[tuple[Status | str, str]]
-) -> tuple[str, datetime | None]:
-    """``advance_through`` for a ToolCall known by its id and the status it was read in, without an
-    ORM object (a result fetch reads only the columns it needs): the same checks, the same
-    statements. Returns the new status and, if the change ended the attempt, ``ended``."""
-    return _write(db, toolcall_id, current, _path(current, steps))
+    if tracked:
+        # The statements bypassed the ORM, which is now told what they wrote instead of reading it
+        # back; the log is read again when next asked for.
+        set_committed_value(toolcall, "status", final)
+        if ended is not None:
+            set_committed_value(toolcall, "ended", ended)
+        db.expire(toolcall, ["log"])
+    return final
 
 
 def _path(current: str, steps: Sequence[tuple[Status | str, str]]) -> list[tuple[Status, str]]:

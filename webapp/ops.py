@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 from wtforms import (
@@ -43,8 +43,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, Regexp
 
-from webapp import attempt_chart, toolbus_status
-from webapp.api import send_fetch
+from webapp import attempt_chart, fetches, toolbus_status
 from webapp.auth import login_manager, safe_next
 from webapp.cli import save_client, save_tool
 from webapp.db import get_session
@@ -181,8 +180,8 @@ class RetryForm(FlaskForm):
     next = HiddenField()
 
 
-@bp.get("/fetches/")
-def fetches():
+@bp.get("/fetches/", endpoint="fetches")
+def fetch_list():
     form = FetchFilter(request.args)
     if not form.validate():
         return render_template("ops/fetches.html", form=form, page=None), 400
@@ -198,8 +197,8 @@ def fetches():
 
 @bp.post("/fetches/<int:fetch_id>/retry")
 def retry_fetch(fetch_id: int):
-    """Re-open a failed fetch: owed again, due now, with a fresh give-up window (as when the vendor
-    reports R again, ``api.owe_fetch``); then queue it."""
+    """Re-open a failed fetch (``fetches.reopen``: owed again, due now, with a fresh give-up
+    window); then queue it."""
     form = RetryForm()
     back = safe_next(form.next.data) if form.next.data else url_for("ops.fetches")
     session = get_session()
@@ -208,24 +207,14 @@ def retry_fetch(fetch_id: int):
         abort(404)
     if not form.validate_on_submit():
         abort(400)
-    now = utcnow()
     note = f"retried by operator {current_user.username} after failing: {fetch.last_error}"
-    # Only a fetch that is still failed: a second click, or the vendor's own re-report, must not
-    # re-open (and re-queue) a fetch that is already owed again or done.
-    reopened = session.execute(
-        update(ResultFetch)
-        .where(ResultFetch.id == fetch_id, ResultFetch.state == "failed")
-        .values(state="owed", next_attempt_at=now, reported_at=now, claimed_until=None, last_error=note),
-        execution_options={"synchronize_session": False},
-    ).rowcount
-    session.commit()
-    if reopened != 1:
+    if not fetches.reopen(session, fetch_id, note):
         session.refresh(fetch)
         flash(f"Result fetch {fetch_id} is {fetch.state}, not failed: nothing to retry.", "error")
         return redirect(back, code=303)
     log.info("result fetch %s re-opened by operator %s", fetch_id, current_user.username)
     try:
-        send_fetch(fetch_id)
+        fetches.queue(current_app.extensions["celery"], fetch_id)
     except Exception as e:  # the fetch is owed in the database: the sweep queues it
         log.error("could not queue result fetch %s (the sweep will): %s", fetch_id, e)
         flash(

@@ -61,12 +61,14 @@ def start(slug: str):
     toolcall = lifecycle.create(session, tool, user, f"attempt started by {user.username}")
     for previous in still_open:
         try:
-            lifecycle.advance(session, previous, Status.FINISHED_ERR, f"superseded by attempt {toolcall.attempt}")
+            lifecycle.advance(
+                session, previous, (Status.FINISHED_ERR, f"superseded by attempt {toolcall.attempt}")
+            )
         except lifecycle.ConcurrentTransition:
             pass  # it moved on meanwhile (e.g. its result arrived): leave it
     token = current_app.extensions["start_tokens"].issue(toolcall.id)
     lifecycle.advance(
-        session, toolcall, Status.START_TK_SENT, f"start token issued; user sent to {tool.client.name}"
+        session, toolcall, (Status.START_TK_SENT, f"start token issued; user sent to {tool.client.name}")
     )
     session.commit()
     return redirect(add_query(tool.client.receive_start_token_url, access_token=token), code=303)

@@ -11,10 +11,8 @@ Two steps, because they fail differently:
    result can always be stored. An attributed but invalid body moves that ToolCall to
    ``result-received-err``.
 
-Each step comes in two forms that check the same things: ``attribute`` and ``validate`` on a
-``ToolCall`` (its tool and user loaded with it), and ``attribute_row`` and ``validate_fields`` on the
-few columns they read, for the result fetch, where loading ORM objects was a large part of the
-worker's CPU per fetch (docs/portal-performance.md).
+Both read only the few columns they need, with Core statements: loading ORM objects was a large
+part of the worker's CPU per fetch (docs/portal-performance.md).
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Protocol
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from webapp.models import Tool, ToolCall, ToolCallResult, User
 from webapp.signing import verify_system
@@ -86,23 +84,9 @@ def identify(body: bytes, secret_key: str, fallbacks: list[str]) -> tuple[int, d
     return toolcall_id, document
 
 
-def attribute(
-    session: Session, client: ClientLike, body: bytes, secret_key: str, fallbacks: list[str]
-) -> tuple[ToolCall, dict]:
-    """The ToolCall a body is for (its tool and user loaded with it), and the parsed body; raises
-    Unattributable saying why."""
-    toolcall_id, document = identify(body, secret_key, fallbacks)
-    # One query for the three rows attribution and validation read, instead of one lazy load each.
-    toolcall = session.get(
-        ToolCall, toolcall_id, options=[joinedload(ToolCall.tool), joinedload(ToolCall.user)]
-    )
-    _check_owner(toolcall_id, None if toolcall is None else toolcall.tool.client_id, client)
-    return toolcall, document
-
-
 @dataclass(frozen=True)
 class Attributed:
-    """The ToolCall a result is for, as ``attribute_row`` reads it."""
+    """The ToolCall a result is for, as ``attribute`` reads it."""
 
     id: int
     status: str
@@ -120,10 +104,11 @@ _ATTRIBUTION_COLUMNS = (
 )
 
 
-def attribute_row(
+def attribute(
     db: Session | Connection, client: ClientLike, body: bytes, secret_key: str, fallbacks: list[str]
 ) -> tuple[Attributed, dict]:
-    """``attribute`` reading only the columns attribution and validation need, in one query."""
+    """The ToolCall a body is for, as attribution and validation need it (read in one query), and
+    the parsed body; raises Unattributable saying why."""
     toolcall_id, document = identify(body, secret_key, fallbacks)
     row = db.execute(_ATTRIBUTION_COLUMNS, {"toolcall_id": toolcall_id}).one_or_none()
     _check_owner(toolcall_id, None if row is None else row.client_id, client)
@@ -141,13 +126,9 @@ def _check_owner(toolcall_id: int, owner_id: int | None, client: ClientLike) -> 
         )
 
 
-def validate(document: dict, toolcall: ToolCall, token: str) -> ResultFields:
-    """The fields of a valid result; raises InvalidResult saying what is wrong."""
-    return validate_fields(document, token, persnr=toolcall.user.persnr, slug=toolcall.tool.slug)
-
-
-def validate_fields(document: dict, token: str, *, persnr: str, slug: str) -> ResultFields:
-    """``validate`` for a ToolCall whose user's ``persnr`` and tool's ``slug`` are given."""
+def validate(document: dict, token: str, *, persnr: str, slug: str) -> ResultFields:
+    """The fields of a valid result for a ToolCall whose user's ``persnr`` and tool's ``slug`` are
+    given; raises InvalidResult saying what is wrong."""
     data = document["data"]
     problems = []
     if document.get("token") != token:

@@ -1,5 +1,5 @@
 """The ToolBus as the ops page shows it: the declared tools, the Celery workers online, and what the
-workers recorded (tool starts, failed calls; ``worker.health``).
+workers recorded (tool starts, failed calls; ``worker.records``).
 
 Workers are found through Celery's remote control (``inspect().stats()`` and ``active_queues()``),
 answered by each worker's main process even while its children are busy. ``stats`` is broadcast
@@ -18,12 +18,11 @@ import redis
 from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
-import celeryconfig
 from toolbus.descriptors import ToolDescriptor, load_tools
 from toolbus.errors import DescriptorError
-from worker import health
+from worker.records import CallFailure, Records, ToolStarts
 
-#: Failed calls shown (the workers keep ``health.ERRORS_KEPT``).
+#: Failed calls shown (the workers keep ``records.ERRORS_KEPT``).
 FAILURES_SHOWN = 30
 
 
@@ -70,23 +69,18 @@ class ToolBusStatus:
     tools_problem: str | None
     workers: list[WorkerRow]
     workers_problem: str | None  # "No workers answered ...": why none is listed, when none is
-    failures: list[health.CallFailure]
+    failures: list[CallFailure]
     records_problem: str | None
 
     def when(self, at: float) -> datetime:
         return datetime.fromtimestamp(at, UTC)
 
 
-def tool_queue(name: str) -> str:
-    """The queue Celery routes a call of tool ``name`` to (celeryconfig's router decides)."""
-    return celeryconfig.route_task("toolbus.eval", (), {"tool": name}, {})["queue"]
-
-
 def _tool_rows(tools: dict[str, ToolDescriptor]) -> list[ToolRow]:
     return [
         ToolRow(
             name=t.name,
-            queue=tool_queue(t.name),
+            queue=t.queue,
             host_group=t.host_name,
             internal=t.internal,
             tool_name=t.tool_name,
@@ -156,12 +150,12 @@ def status(app: Celery, redis_url: str, tools_path: str, timeout: float) -> Tool
         workers_problem = f"No workers answered within {timeout:g} s: none is running, or all are stuck."
 
     records_problem = None
-    failures: list[health.CallFailure] = []
+    failures: list[CallFailure] = []
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout + 1)
     try:
-        records = health.Records(client)
-        starts = records.tool_starts()
-        failures = records.failures(FAILURES_SHOWN)
+        found = Records(client)
+        starts = found.tool_starts()
+        failures = found.failures(FAILURES_SHOWN)
     except redis.RedisError as e:
         starts = []
         records_problem = f"The Redis at {maybe_sanitize_url(redis_url)} could not be read: {e}"
@@ -173,7 +167,7 @@ def status(app: Celery, redis_url: str, tools_path: str, timeout: float) -> Tool
     )
 
 
-def _count_starts(starts: list[health.ToolStarts], workers: list[WorkerRow], tools: list[ToolRow]) -> None:
+def _count_starts(starts: list[ToolStarts], workers: list[WorkerRow], tools: list[ToolRow]) -> None:
     by_worker: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_tool: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for s in starts:

@@ -1,4 +1,4 @@
-"""The Celery app of every worker process, configured from ``celeryconfig.py``.
+"""The Celery app of every worker process, configured from ``celeryconfig.settings()``.
 
 Workers run ``celery -A worker.app worker``; clients that only send (the Bus, the portal) build
 their own app with ``make_app`` and never use ``current_app``.
@@ -10,7 +10,7 @@ from celery import Celery
 
 import celeryconfig
 
-TASK_MODULES = ["worker.toolbus_tasks", "worker.toolcall_tasks"]
+TASK_MODULES = ["worker.call_tasks", "worker.fetch_tasks"]
 
 
 def make_app(name: str = "toolcall", **overrides) -> Celery:
@@ -21,4 +21,4 @@ def make_app(name: str = "toolcall", **overrides) -> Celery:
 
 
 app = Celery("toolcall", include=TASK_MODULES)
-app.config_from_object("celeryconfig")
+app.conf.update(celeryconfig.settings())

@@ -28,7 +28,7 @@ from toolbus.aterm import ATerm, parse, term
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout
 from worker.app import make_app
-from worker.events import Event, EventChannel, redis_client
+from worker.events import Event, EventChannel, connect_redis
 
 DEFAULT_TIMEOUT = 30.0
 #: A caller whose call takes longer checks this often that the worker process running it is alive.
@@ -53,7 +53,7 @@ class Bus:
         if tools is None or isinstance(tools, str):
             tools = load_tools(tools or default_tools_path(), check_classes=False)
         self.tools = tools
-        self.events = EventChannel(redis_client())
+        self.events = EventChannel(connect_redis())
 
     def _tool(self, name: str) -> ToolDescriptor:
         try:

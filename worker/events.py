@@ -24,7 +24,6 @@ Why this shape:
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,11 +41,10 @@ INSTANCE_TTL = 5
 STREAM_MAXLEN = 100_000
 
 
-def redis_client(url: str | None = None, **options) -> redis.Redis:
-    """The Redis of events and acks: REDIS_URL (also when the Celery broker is RabbitMQ)."""
-    return redis.Redis.from_url(
-        url or os.environ.get("REDIS_URL") or celeryconfig.DEFAULT_REDIS_URL, **options
-    )
+def connect_redis(url: str | None = None, **options) -> redis.Redis:
+    """A connection to the Redis of events, acks and records: ``url``, else REDIS_URL (also when the
+    Celery broker is RabbitMQ)."""
+    return redis.Redis.from_url(url or celeryconfig.redis_url(), **options)
 
 
 def stream_key(tool: str) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
+from worker import records
 
 log = logging.getLogger("worker.launcher")
 
@@ -83,11 +84,9 @@ def node_name(spec: WorkerSpec, group: str) -> str:
 
 def forget_tool_starts(specs: list[WorkerSpec], group: str) -> None:
     """Start the ops page's tool start counts of these workers afresh: restarts count from here."""
-    from worker import health
-
     names = [node_name(spec, group) for spec in specs]
     try:
-        health.Records(health.redis_client()).forget_starts(names)
+        records.Records(records.connect()).forget_starts(names)
     except Exception as e:  # Redis away: the workers will say so too, and counting goes on from before
         log.warning("could not reset the tool start counts of %s: %s", ", ".join(names), e)
 

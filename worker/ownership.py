@@ -39,50 +39,50 @@ from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from toolbus.errors import ToolBusError
 from toolbus.instances import ToolInstance, start_tool
 from worker import health
-from worker.events import EventChannel, redis_client
+from worker.events import EventChannel, connect_redis
+from worker.process import ProcessLocal
 
 log = logging.getLogger("worker.ownership")
 
 _ANY = parse("E?")
 
-_lock = threading.Lock()
-_owner_pid: int | None = None
-_instances: dict[str, ToolInstance] = {}
-_relays: dict[str, _EventRelay] = {}
-_descriptors: dict[str, ToolDescriptor] | None = None
-_starts_recorded: dict[str, int] = {}  # tool -> starts of its instance already recorded (health)
-_beat: _ProcessBeat | None = None
-
 #: Seconds between two refreshes of a worker process's key (it expires after ``INSTANCE_TTL``).
 BEAT_SECS = 1.0
 
 
+class _Owned:
+    """What one worker process owns: its tool instances, their event relays and its process key."""
+
+    def __init__(self):
+        self.lock = threading.Lock()  # the tasks, the relays and shutdown share the dicts below
+        self.instances: dict[str, ToolInstance] = {}
+        self.relays: dict[str, _EventRelay] = {}
+        self.starts_recorded: dict[str, int] = {}  # tool -> starts of its instance already recorded
+        self.beat: _ProcessBeat | None = None
+
+
+_owned: ProcessLocal[_Owned] = ProcessLocal(_Owned)
+#: The tools of ``TOOLCALL_TOOLS``, loaded once per process (classes checked).
+_descriptors: ProcessLocal[dict[str, ToolDescriptor]] = ProcessLocal(lambda: load_tools(default_tools_path()))
+
+
 def descriptors() -> dict[str, ToolDescriptor]:
     """The tools of ``TOOLCALL_TOOLS``, loaded once per process (classes checked)."""
-    global _descriptors
-    if _descriptors is None:
-        _descriptors = load_tools(default_tools_path())
-    return _descriptors
+    return _descriptors.get()
 
 
 def instance(tool: str) -> ToolInstance:
     """This process's instance of ``tool``, started on first use."""
-    global _owner_pid
-    with _lock:
-        if _owner_pid != os.getpid():
-            # Inherited across a fork: the parent's instances are not ours (and not to be stopped).
-            _instances.clear()
-            _relays.clear()
-            _starts_recorded.clear()
-            _owner_pid = os.getpid()
-        inst = _instances.get(tool)
+    owned = _owned.get()
+    with owned.lock:
+        inst = owned.instances.get(tool)
         if inst is None:
             descriptor = descriptors().get(tool)
             if descriptor is None:
                 raise ToolBusError(f"no tool {tool!r} in {default_tools_path()}")
-            inst = _instances[tool] = start_tool(descriptor)
+            inst = owned.instances[tool] = start_tool(descriptor)
             if descriptor.signatures.events:
-                _relays[tool] = _EventRelay(inst)
+                owned.relays[tool] = _EventRelay(inst)
         return inst
 
 
@@ -99,14 +99,16 @@ def settle(tool: str) -> None:
     the tool crashed, or that its instance served its last request, may ack an event of that tool at
     once, and the ack must be refused then, not a second later when the relay next looks.
     """
-    with _lock:
-        mine = _owner_pid == os.getpid()
-        relay = _relays.get(tool) if mine else None
-        inst = _instances.get(tool) if mine else None
-        recorded = _starts_recorded.get(tool, 0)
+    owned = _owned.peek()
+    if owned is None:
+        return
+    with owned.lock:
+        relay = owned.relays.get(tool)
+        inst = owned.instances.get(tool)
+        recorded = owned.starts_recorded.get(tool, 0)
         started = inst.starts - recorded if inst is not None else 0
         if started:
-            _starts_recorded[tool] = inst.starts
+            owned.starts_recorded[tool] = inst.starts
     if relay is not None:
         relay.settle()
     if started:
@@ -116,13 +118,14 @@ def settle(tool: str) -> None:
 
 def shutdown() -> None:
     """Terminate this process's instances (idempotent)."""
-    with _lock:
-        if _owner_pid != os.getpid():
-            return
-        relays = list(_relays.values())
-        instances = list(_instances.values())
-        _relays.clear()
-        _instances.clear()
+    owned = _owned.peek()
+    if owned is None:
+        return
+    with owned.lock:
+        relays = list(owned.relays.values())
+        instances = list(owned.instances.values())
+        owned.relays.clear()
+        owned.instances.clear()
     for relay in relays:
         relay.stop()
     for inst in instances:
@@ -145,21 +148,18 @@ atexit.register(shutdown)
 
 
 def _start_beat(worker: str) -> None:
-    """Keep this process's key alive from now on (once per process; a forked child starts its own)."""
-    global _beat
-    with _lock:
-        if _beat is not None and _beat.pid == os.getpid():
-            return
-    beat = _ProcessBeat(worker)  # talks to Redis: not under the lock the tasks use
-    with _lock:
-        _beat = beat
+    """Keep this process's key alive from now on (once per process; a forked child starts its own).
+
+    Called from Celery's signals, which a process sends one at a time."""
+    owned = _owned.get()
+    if owned.beat is None:
+        owned.beat = _ProcessBeat(worker)  # talks to Redis: not under the lock the tasks use
 
 
 def _stop_beat() -> None:
-    with _lock:
-        beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
-    if beat is not None:
-        beat.stop()
+    owned = _owned.peek()
+    if owned is not None and owned.beat is not None:
+        owned.beat.stop()
 
 
 @signals.worker_process_init.connect
@@ -193,7 +193,7 @@ class _ProcessBeat:
         self.worker = worker
         self.pid = os.getpid()
         # Timeouts: the first refresh runs while the child starts, which must not hang on a Redis away.
-        self.channel = EventChannel(redis_client(socket_connect_timeout=2.0, socket_timeout=2.0))
+        self.channel = EventChannel(connect_redis(socket_connect_timeout=2.0, socket_timeout=2.0))
         self._stop = threading.Event()
         self._failing = False
         self._refresh()
@@ -227,7 +227,7 @@ class _EventRelay:
 
     def __init__(self, inst: ToolInstance):
         self.inst = inst
-        self.channel = EventChannel(redis_client())
+        self.channel = EventChannel(connect_redis())
         self._stop = threading.Event()
         # The publisher, the acker and the tasks (settle) all update the channel's view.
         self._lock = threading.Lock()

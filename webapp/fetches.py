@@ -1,28 +1,36 @@
-"""The toolcall tasks: result fetches that are never lost, and the sweep that guarantees it.
+"""The result fetch: the whole life of one fetch of a vendor's result, from owed to done or failed.
 
-The life of a result fetch:
-
-1. **Owed.** ``/result/`` writes a ``toolcall_resultfetch`` row (state ``owed``) and queues
-   ``toolcall.fetch_result``. The row is the truth; the message is only a trigger.
-2. **Claimed.** The task claims the row with one conditional UPDATE (owed, due, not claimed by a live
-   attempt) and, in the same transaction, reads what the fetch needs of it and of its client. A
-   duplicate message finds nothing to claim and stops. No transaction stays open during the fetch.
-   The claim is a lease of ``CLAIM_SECS``; the row's attempt count, raised by every claim, fences
-   it: an attempt that stalled past its lease (a paused process) while another took the fetch over
-   finds, when it comes to record, that the count is no longer its own, and keeps nothing.
+1. **Owed.** ``/result/`` records the fetch (``owe``: a ``toolcall_resultfetch`` row in state
+   ``owed``) and queues the ``toolcall.fetch_result`` task (``trigger``). The row is the truth; the
+   message is only a trigger. A failed fetch is owed again (``reopen``) when the vendor reports the
+   token again or an operator retries it.
+2. **Claimed.** An attempt claims the row with one conditional UPDATE (owed, due, not claimed by a
+   live attempt) and, in the same transaction, reads what the fetch needs of it and of its client
+   (``claim``). A duplicate message finds nothing to claim and stops. No transaction stays open
+   during the fetch. The claim is a lease of ``CLAIM_SECS``; the row's attempt count, raised by
+   every claim, fences it: an attempt that stalled past its lease (a paused process) while another
+   took the fetch over finds, when it comes to record, that the count is no longer its own, and
+   keeps nothing.
 3. **Fetched.** One GET of the client's result URL (``webapp.vendor_client``): timeouts, no
    redirects, a size cap, signed when the client has a secret.
-4. **Decided**, in one transaction, the fetch record written last and only while the claim still
-   holds (otherwise the whole decision is rolled back). A body that is attributed and valid is stored and the ToolCall
-   finishes (its four transitions are one change, ``lifecycle.move``); an attributed invalid one
-   moves the ToolCall to ``result-received-err``; one that cannot be attributed fails the fetch. A
-   retryable outcome (connection error, timeout, 5xx, 429, early 404/409/425) is retried with
-   backoff, through Celery's own retry when due within 10 minutes, and by the sweep when later.
-   Every attempt is recorded on the row. The delay before attempt n+1 is ``min(base · 2^n, 1 h)``
-   with equal jitter, ``base`` being ``TOOLCALL_FETCH_BACKOFF_BASE_SECS`` (default 5 s, as §5 says;
-   tests make it small), unless the vendor's ``Retry-After`` says otherwise.
-5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep re-queues owed fetches whose next attempt is
-   overdue (their message was lost), expires unused start tokens and attempts past their deadline.
+4. **Decided** (``decide``), in one transaction, the fetch record written last and only while the
+   claim still holds (otherwise the whole decision is rolled back). A body that is attributed and
+   valid is stored and the ToolCall finishes (its four transitions are one change through
+   ``webapp.lifecycle``); an attributed invalid one moves the ToolCall to ``result-received-err``;
+   one that cannot be attributed fails the fetch. A retryable outcome (connection error, timeout,
+   5xx, 429, early 404/409/425) is retried after ``retry_delay``: the task hands a retry due within
+   ``NEAR_RETRY_SECS`` back to the broker (Celery's own retry), the sweep queues later ones. Every
+   attempt is recorded on the row. The outcome is a ``Decision``.
+5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep queues owed fetches whose next attempt is
+   overdue (their message was lost) or due after a far retry (``due``), and expires unused start
+   tokens and attempts past their deadline (``expire``).
+
+No Celery here: ``worker.fetch_tasks`` runs ``attempt`` and the sweep as tasks, the web layer owes,
+re-opens and queues. A fetch reads and writes with Core statements, in two transactions (claim,
+decision): the worker's CPU is what limits how many fetches a second one process completes, and ORM
+objects cost more of it than the statements themselves (docs/portal-performance.md). The ToolCall
+still changes only through ``webapp.lifecycle``, and attribution and validation are
+``webapp.results``'.
 """
 
 from __future__ import annotations
@@ -30,21 +38,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
+from typing import Literal
 
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+import celeryconfig
 from webapp import lifecycle, vendor_client
-from webapp.config import settings
 from webapp.db import Database
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, utcnow
-from webapp.results import Attributed, InvalidResult, Unattributable, attribute_row, validate_fields
-from worker.app import app
+from webapp.results import Attributed, InvalidResult, Unattributable, attribute, validate
+from webapp.vendor_client import FetchOutcome, backoff_delay
 
-log = logging.getLogger("worker.toolcall_tasks")
+log = logging.getLogger("webapp.fetches")
 
+#: The task that makes one attempt (``worker.fetch_tasks``), queued by name.
+FETCH_TASK = "toolcall.fetch_result"
 #: How long a claim holds: longer than one fetch can take (15 s) with room to record it.
 CLAIM_SECS = 120
 #: Retries due sooner than this go back to the broker (Celery retry); later ones wait for the sweep,
@@ -55,11 +67,78 @@ EARLY_GRACE = timedelta(minutes=10)
 #: Kept of a body on the fetch record, for inspection.
 KEPT_BODY = 64 * 1024
 
-# A fetch reads and writes with Core statements, in two transactions (claim, decision): the
-# worker's CPU is what limits how many fetches a second one process completes, and ORM objects
-# (loading, unit of work, reloading what it cannot know) cost more of it than the statements
-# themselves (docs/portal-performance.md). The ToolCall still changes only through
-# ``webapp.lifecycle`` (``move``), and attribution and validation are ``webapp.results``'.
+# ---- 1. owed ----------------------------------------------------------------------------------------
+
+
+def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool]:
+    """Record that a fetch of (client, token) is owed; True when it became owed now.
+
+    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying
+    "try again", and it is owed again."""
+    fetch = session.scalar(
+        select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
+    )
+    if fetch is None:
+        fetch = ResultFetch(client_id=client.id, token=token, state="owed", next_attempt_at=utcnow())
+        session.add(fetch)
+        try:
+            session.commit()
+        except IntegrityError:  # the same report arrived twice at once: the other one recorded it
+            session.rollback()
+            fetch = session.scalar(
+                select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
+            )
+            return fetch, False
+        log.info("result fetch %s owed to client %s", fetch.id, client.name)
+        return fetch, True
+    if fetch.state == "failed":
+        fetch.state = "owed"
+        fetch.reported_at = utcnow()
+        fetch.next_attempt_at = utcnow()
+        fetch.last_error = f"reported again after failing: {fetch.last_error}"
+        session.commit()
+        log.info("result fetch %s owed again to client %s", fetch.id, client.name)
+        return fetch, True
+    return fetch, False
+
+
+def reopen(session: Session, fetch_id: int, note: str) -> bool:
+    """Make a failed fetch owed again, due now, with a fresh give-up window (committed); False when
+    it was not failed (a second click, or the vendor's own re-report, must not re-open -- and
+    re-queue -- a fetch that is already owed again or done)."""
+    now = utcnow()
+    reopened = session.execute(
+        update(ResultFetch)
+        .where(ResultFetch.id == fetch_id, ResultFetch.state == "failed")
+        .values(state="owed", next_attempt_at=now, reported_at=now, claimed_until=None, last_error=note),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    session.commit()
+    return reopened == 1
+
+
+def queue(celery, fetch_id: int) -> None:
+    """Queue an attempt of the fetch; raises when the broker cannot be reached.
+
+    Nobody waits for the task's result, so nothing subscribes to it: with Redis away, a
+    subscription would hold a web request for its ~20 reconnection attempts (about 19 s), where
+    the publish alone gives up in well under a second."""
+    celery.send_task(FETCH_TASK, args=[fetch_id], queue=celeryconfig.CALLBACKS_QUEUE, ignore_result=True)
+
+
+def trigger(celery, fetch_id: int) -> bool:
+    """``queue``, with the broker's failure logged instead of raised: the database is the truth,
+    and the sweep queues the fetch once the broker is back. True when it was queued."""
+    try:
+        queue(celery, fetch_id)
+    except Exception as e:  # the broker's failure must not lose the report or fail the vendor
+        log.error("could not queue result fetch %s (the sweep will): %s", fetch_id, e)
+        return False
+    return True
+
+
+# ---- 2. claimed -------------------------------------------------------------------------------------
+
 _FETCH = ResultFetch.__table__
 _CLIENT = Client.__table__
 _RESULT = ToolCallResult.__table__
@@ -95,19 +174,9 @@ _LOGGED_STATUSES = (
 )
 
 
-@lru_cache(maxsize=1)
-def _config() -> dict:
-    return settings()
-
-
-@lru_cache(maxsize=1)
-def _database() -> Database:
-    return Database(_config()["DATABASE_URL"])
-
-
 @dataclass(frozen=True)
 class ClaimedClient:
-    """What a fetch needs of its client (``results.attribute`` reads ``id`` and ``name``)."""
+    """What a fetch needs of its client (attribution reads ``id`` and ``name``)."""
 
     id: int
     name: str
@@ -152,46 +221,59 @@ class ClaimLost(Exception):
     not recorded (its decision is rolled back), so that a result is never stored twice."""
 
 
-# The result is stored unless the sender asks otherwise (the portal's report, the ops page's retry
-# and the sweep do: nobody waits for it; tests do wait). STARTED is never stored: nobody reads it
-# (Flower has the task-started event), and it would be one more write to Redis per fetch.
-@app.task(name="toolcall.fetch_result", bind=True, max_retries=None, track_started=False)
-def fetch_result(self, fetch_id: int) -> str:
-    """Fetch one owed result (see the module's phases); returns what happened, for Flower."""
-    db = _database()
+# ---- 3. fetched, 4. decided -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one attempt came to. ``retry_in`` is set (seconds) when it is to be tried again;
+    ``text`` says what happened, for the log and Flower."""
+
+    outcome: Literal["stored", "failed", "retry", "claim-lost", "nothing-to-do"]
+    text: str
+    retry_in: float | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+NOTHING_TO_DO = Decision("nothing-to-do", "nothing to do (not owed, not due, or taken by another attempt)")
+
+
+def attempt(db: Database, fetch_id: int, config: dict) -> Decision:
+    """One attempt of the fetch: claim it, fetch from the vendor, decide (phases 2-4)."""
     claimed = claim(db, fetch_id)  # no transaction stays open during the vendor call
     if claimed is None:
-        return "nothing to do (not owed, not due, or taken by another attempt)"
+        return NOTHING_TO_DO
     client = claimed.client
     outcome = vendor_client.fetch_result(
         client.result_url,
         claimed.token,
         client_secret=client.secret,
         webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
-        production=_config()["TOOLCALL_PRODUCTION"],
+        production=config["TOOLCALL_PRODUCTION"],
         within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
     )
-    verdict = decide(db, claimed, outcome, _config())
-    if verdict.startswith("retry in "):
-        delay = float(verdict.split()[2])
-        if delay <= NEAR_RETRY_SECS:
-            raise self.retry(countdown=delay)
-    return verdict
+    return decide(db, claimed, outcome, config)
 
 
-def decide(db: Database, claimed: Claim, outcome: vendor_client.FetchOutcome, config: dict) -> str:
-    """Record what one attempt got (phase 4), in one transaction; returns the verdict.
+def retry_delay(attempts: int, base: float) -> float:
+    """Seconds before the next attempt after ``attempts``: min(base · 2^n, 1 h) with equal jitter."""
+    return backoff_delay(attempts, base=base)
+
+
+def decide(db: Database, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
+    """Record what one attempt got (phase 4), in one transaction.
 
     A decision that cannot be recorded (a database error, the ToolCall changed meanwhile) is
     recorded as an attempt to retry instead; one whose claim was lost is not recorded at all."""
     try:
         with db.begin() as connection:
             if outcome.kind == "ok":
-                verdict = _decide(connection, claimed, outcome.body, config)
-            elif outcome.kind == "retry":
-                verdict = _plan_retry(connection, claimed, outcome, config)
-            else:
-                verdict = _fail(connection, claimed, outcome.body, outcome.error)
+                return _store(connection, claimed, outcome.body, config)
+            if outcome.kind == "retry":
+                return _plan_retry(connection, claimed, outcome, config)
+            return _fail(connection, claimed, outcome.body, outcome.error)
     except ClaimLost:
         return _claim_lost(claimed)
     except Exception as e:
@@ -203,7 +285,7 @@ def decide(db: Database, claimed: Claim, outcome: vendor_client.FetchOutcome, co
         concurrent = isinstance(e, lifecycle.ConcurrentTransition)
         if not concurrent:
             log.exception("result fetch %s: recording the outcome failed", claimed.fetch_id)
-        retry = vendor_client.FetchOutcome(
+        retry = FetchOutcome(
             "retry",
             outcome.status,
             outcome.body,
@@ -213,19 +295,21 @@ def decide(db: Database, claimed: Claim, outcome: vendor_client.FetchOutcome, co
         )
         try:
             with db.begin() as connection:
-                verdict = _plan_retry(connection, claimed, retry, config)
+                return _plan_retry(connection, claimed, retry, config)
         except ClaimLost:
             return _claim_lost(claimed)
-    return verdict
 
 
-def _claim_lost(claimed: Claim) -> str:
+def _claim_lost(claimed: Claim) -> Decision:
     log.warning(
         "result fetch %s: attempt %s outlived its claim and another attempt took over; nothing recorded",
         claimed.fetch_id,
         claimed.attempts,
     )
-    return f"claim lost: attempt {claimed.attempts} was taken over by a later one; nothing recorded"
+    return Decision(
+        "claim-lost",
+        f"claim lost: attempt {claimed.attempts} was taken over by a later one; nothing recorded",
+    )
 
 
 def _text(value: str) -> str:
@@ -248,18 +332,18 @@ def _record(db: Connection, claimed: Claim, body: bytes, **values) -> None:
         raise ClaimLost(claimed.fetch_id)
 
 
-def _fail(db: Connection, claimed: Claim, body: bytes, reason: str, **values) -> str:
+def _fail(db: Connection, claimed: Claim, body: bytes, reason: str, **values) -> Decision:
     reason = _text(reason)
     _record(db, claimed, body, state="failed", last_error=reason, **values)
     log.error("result fetch %s failed for good: %s", claimed.fetch_id, reason)
-    return f"failed: {reason}"
+    return Decision("failed", f"failed: {reason}")
 
 
-def _plan_retry(db: Connection, claimed: Claim, outcome, config: dict) -> str:
+def _plan_retry(db: Connection, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
     delay = (
         outcome.retry_after
         if outcome.retry_after is not None
-        else vendor_client.backoff_delay(claimed.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
+        else retry_delay(claimed.attempts, config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
     )
     due = utcnow() + timedelta(seconds=delay)
     if due > claimed.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):
@@ -271,19 +355,19 @@ def _plan_retry(db: Connection, claimed: Claim, outcome, config: dict) -> str:
         )
     _record(db, claimed, outcome.body, last_error=_text(outcome.error), next_attempt_at=due)
     log.warning("result fetch %s: %s; retry in %.0f s", claimed.fetch_id, outcome.error, delay)
-    return f"retry in {delay:.3f} s: {outcome.error}"
+    return Decision("retry", f"retry in {delay:.3f} s: {outcome.error}", retry_in=delay)
 
 
-def _decide(db: Connection, claimed: Claim, body: bytes, config: dict) -> str:
+def _store(db: Connection, claimed: Claim, body: bytes, config: dict) -> Decision:
     try:
-        toolcall, document = attribute_row(
+        toolcall, document = attribute(
             db, claimed.client, body, config["SECRET_KEY"], config["SECRET_KEY_FALLBACKS"]
         )
     except Unattributable as e:
         return _fail(db, claimed, body, f"the result cannot be attributed: {e}")
     late = _late(db, toolcall)
-    # The ToolCall's transitions, made at the end as one change (``lifecycle.move``): none when it
-    # is finished-ok already (a late result changes no state).
+    # The ToolCall's transitions, made at the end as one change: none when it is finished-ok
+    # already (a late result changes no state).
     steps: list[tuple[Status, str]] = []
     if toolcall.status != Status.FINISHED_OK:
         again = toolcall.status == Status.FINISHED_ERR and not late
@@ -295,11 +379,11 @@ def _decide(db: Connection, claimed: Claim, body: bytes, config: dict) -> str:
             )
         )
     try:
-        fields = validate_fields(document, claimed.token, persnr=toolcall.persnr, slug=toolcall.slug)
+        fields = validate(document, claimed.token, persnr=toolcall.persnr, slug=toolcall.slug)
     except InvalidResult as e:
         if steps:
             steps.append((Status.RESULT_RECEIVED_ERR, f"invalid result: {e}"))
-            lifecycle.move(db, toolcall.id, toolcall.status, steps)
+            lifecycle.advance(db, toolcall, *steps)
         return _fail(db, claimed, body, f"invalid result: {e}", toolcall_id=toolcall.id)
     db.execute(
         _STORE_RESULT,
@@ -315,12 +399,12 @@ def _decide(db: Connection, claimed: Claim, body: bytes, config: dict) -> str:
             (Status.RESULT_SAVED, "result stored" + (" (late)" if late else "")),
             (Status.FINISHED_OK, "done"),
         ]
-        lifecycle.move(db, toolcall.id, toolcall.status, steps)
+        lifecycle.advance(db, toolcall, *steps)
     _record(db, claimed, body, state="done", last_error="", toolcall_id=toolcall.id)
     log.info(
         "result fetch %s: stored for toolcall %s%s", claimed.fetch_id, toolcall.id, " (late)" if late else ""
     )
-    return f"stored for toolcall {toolcall.id}" + (" (late)" if late else "")
+    return Decision("stored", f"stored for toolcall {toolcall.id}" + (" (late)" if late else ""))
 
 
 def _late(db: Connection, toolcall: Attributed) -> bool:
@@ -340,21 +424,19 @@ def _late(db: Connection, toolcall: Attributed) -> bool:
     return False
 
 
-@app.task(name="toolcall.sweep")
-def sweep() -> dict:
-    """Re-queue lost fetches; expire unused start tokens and attempts past their deadline."""
-    config = _config()
-    db = _database()
+# ---- 5. swept ---------------------------------------------------------------------------------------
+
+
+def due(db: Database, config: dict) -> list[int]:
+    """The owed fetches to queue now: those whose message was lost (overdue by more than
+    ``TOOLCALL_REQUEUE_GRACE_SECS``) and far retries that have come due; none a live attempt holds."""
     now = utcnow()
     grace = timedelta(seconds=config["TOOLCALL_REQUEUE_GRACE_SECS"])
-    token_ttl = timedelta(seconds=config["TOOLCALL_TOKEN_TIMEOUT_SECS"])
-    counts = {"requeued": 0, "tokens_expired": 0, "timed_out": 0}
+    free = or_(ResultFetch.claimed_until.is_(None), ResultFetch.claimed_until < now)
     with db.session() as session:
         overdue = session.scalars(
             select(ResultFetch.id).where(
-                ResultFetch.state == "owed",
-                ResultFetch.next_attempt_at < now - grace,
-                or_(ResultFetch.claimed_until.is_(None), ResultFetch.claimed_until < now),
+                ResultFetch.state == "owed", ResultFetch.next_attempt_at < now - grace, free
             )
         ).all()
         # Far retries are not parked in the broker: they are queued here once they are due.
@@ -363,13 +445,17 @@ def sweep() -> dict:
                 ResultFetch.state == "owed",
                 ResultFetch.next_attempt_at <= now,
                 ResultFetch.attempts > 0,
-                or_(ResultFetch.claimed_until.is_(None), ResultFetch.claimed_until < now),
+                free,
             )
         ).all()
-    for fetch_id in sorted(set(overdue) | set(due_far)):
-        # Nobody waits for a re-queued fetch's result (the record is the truth): not stored.
-        fetch_result.apply_async(args=[fetch_id], queue="callbacks", ignore_result=True)
-        counts["requeued"] += 1
+    return sorted(set(overdue) | set(due_far))
+
+
+def expire(db: Database, config: dict) -> dict[str, int]:
+    """End the attempts whose start token expired unused and those past their deadline."""
+    now = utcnow()
+    token_ttl = timedelta(seconds=config["TOOLCALL_TOKEN_TIMEOUT_SECS"])
+    counts = {"tokens_expired": 0, "timed_out": 0}
     with db.session() as session:
         # Read whole before changing any: advancing writes to the table a pending cursor would read.
         waiting = session.scalars(select(ToolCall).where(ToolCall.status == Status.START_TK_SENT)).all()
@@ -390,8 +476,8 @@ def sweep() -> dict:
     return counts
 
 
-def _expire(session, toolcall: ToolCall, status: Status, details: str) -> None:
+def _expire(session: Session, toolcall: ToolCall, status: Status, details: str) -> None:
     try:
-        lifecycle.advance(session, toolcall, status, details)
+        lifecycle.advance(session, toolcall, (status, details))
     except lifecycle.ConcurrentTransition:
         pass  # it moved on meanwhile: nothing to expire
