@@ -207,13 +207,13 @@ def make_attempts(app, secret_key: str) -> dict[str, bytes]:
 
     from webapp import lifecycle
     from webapp.lifecycle import Status
-    from webapp.models import Tool, User
+    from webapp.models import Exam, User
     from webapp.signing import sign_system
 
     bodies: dict[str, bytes] = {}
     db = app.extensions["db"]
     with db.session() as session:
-        tool = session.scalar(select(Tool).where(Tool.slug == SLUG))
+        tool = session.scalar(select(Exam).where(Exam.slug == SLUG))
         users = [
             User(username=f"candidate-{i:05d}", password_hash="!", first_name="Can", last_name=f"Didate {i}")
             for i in range(RESULTS)

@@ -64,7 +64,7 @@ from worker_support import Launcher, environment
 from webapp import create_app, lifecycle
 from webapp.db import Database
 from webapp.lifecycle import Status
-from webapp.models import Client, ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
 from webapp.signing import sign_system
 from worker.bus import Bus
 
@@ -508,7 +508,7 @@ class Storm:
                 receive_start_token_url="http://127.0.0.1:9/start/",
                 receive_result_token_url=self.vendor.url,
             )
-            tool = Tool(client=client, slug=SLUG, name="Chaos exam")
+            tool = Exam(client=client, slug=SLUG, name="Chaos exam")
             users = [
                 User(username=f"candidate-{i:04d}", password_hash="!") for i in range(self.config.results)
             ]

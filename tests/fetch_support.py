@@ -37,7 +37,7 @@ from vendor_stub import VendorStub
 from webapp import create_app, lifecycle
 from webapp.db import Database
 from webapp.lifecycle import Status
-from webapp.models import ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User
+from webapp.models import Exam, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, User
 
 SECRET_KEY = "the result fetch tests' key"
 #: Retries wait 0.1-0.2 s, 0.2-0.4 s, ... instead of 5-10 s, 10-20 s, ...
@@ -89,7 +89,7 @@ class Portal:
     def start_attempt(self, vendor: Vendor) -> tuple[int, str]:
         """A new attempt whose start token was issued, as the start page makes it: (id, token)."""
         with self.db.session() as session:
-            tool, user = session.get(Tool, vendor.tool_id), session.get(User, vendor.user_id)
+            tool, user = session.get(Exam, vendor.tool_id), session.get(User, vendor.user_id)
             toolcall = lifecycle.create(session, tool, user, "attempt started by the test")
             token = self.app.extensions["start_tokens"].issue(toolcall.id)
             lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "start token issued"))

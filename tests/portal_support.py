@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from webapp.models import Client, Tool, User
+from webapp.models import Client, Exam, User
 
 #: Where the test databases are made: any database of the server (trust auth, or a password in the URL).
 POSTGRES_URL = os.environ.get("TOOLCALL_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1/test"
@@ -98,8 +98,8 @@ def add_client(session: Session, name: str = "vendor") -> Client:
     return client
 
 
-def add_tool(session: Session, client: Client, slug: str = "excel") -> Tool:
-    tool = Tool(client=client, slug=slug, name=slug.title())
+def add_tool(session: Session, client: Client, slug: str = "excel") -> Exam:
+    tool = Exam(client=client, slug=slug, name=slug.title())
     session.add(tool)
     session.flush()
     return tool

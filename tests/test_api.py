@@ -44,10 +44,10 @@ def portal_fixture(app, redis_db):
 
 def new_attempt(app, slug: str) -> str:
     """A fresh attempt at tool ``slug`` waiting for its start data; returns its start token."""
-    from webapp.models import Tool, User
+    from webapp.models import Exam, User
 
     with app.extensions["db"].session() as session:
-        tool = session.scalar(select(Tool).where(Tool.slug == slug))
+        tool = session.scalar(select(Exam).where(Exam.slug == slug))
         user = session.scalar(select(User).where(User.username == "candidate"))
         toolcall = lifecycle.create(session, tool, user)
         lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))

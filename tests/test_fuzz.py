@@ -70,7 +70,7 @@ from toolbus.wire import (
 )
 from webapp import create_app, lifecycle
 from webapp.lifecycle import Status
-from webapp.models import Tool, User
+from webapp.models import Exam, User
 
 FUZZ = settings(
     max_examples=300,
@@ -550,7 +550,7 @@ def issue(app):
 
     def make(secured: bool) -> str:
         with app.extensions["db"].session() as session:
-            tool = session.scalar(select(Tool).where(Tool.slug == ("word" if secured else "excel")))
+            tool = session.scalar(select(Exam).where(Exam.slug == ("word" if secured else "excel")))
             toolcall = lifecycle.create(session, tool, session.scalar(select(User)))
             lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
             toolcall_id = toolcall.id

@@ -291,10 +291,10 @@ def portal_fixture(app, redis_db):
 def start_token(app, slug: str) -> str:
     from sqlalchemy import select
 
-    from webapp.models import Tool, User
+    from webapp.models import Exam, User
 
     with app.extensions["db"].session() as session:
-        tool = session.scalar(select(Tool).where(Tool.slug == slug))
+        tool = session.scalar(select(Exam).where(Exam.slug == slug))
         user = session.scalar(select(User))
         toolcall = lifecycle.create(session, tool, user)
         lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))

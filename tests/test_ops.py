@@ -23,7 +23,7 @@ from sqlalchemy.orm import joinedload
 
 from webapp import SECURITY_HEADERS, create_app, lifecycle
 from webapp.lifecycle import Status
-from webapp.models import Client, ResultFetch, Tool, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
 
 OPERATOR = ("operator", "ops-password")  # an admin: may use the ops pages
 SECRET = "very-secret-value-42"
@@ -76,7 +76,7 @@ def ops_on_each_database_fixture(database_url, tmp_path, portal_environment, red
 def new_toolcall(app, statuses=(), slug="excel", username="candidate", started=None) -> int:
     """A ToolCall of ``username`` at ``slug`` moved through ``statuses``; returns its id."""
     with app.extensions["db"].session() as session:
-        tool = session.scalar(select(Tool).where(Tool.slug == slug))
+        tool = session.scalar(select(Exam).where(Exam.slug == slug))
         user = session.scalar(select(User).where(User.username == username))
         toolcall = lifecycle.create(session, tool, user, "attempt started")
         if started is not None:
@@ -130,9 +130,9 @@ def clients(app) -> dict[str, Client]:
         return {c.name: c for c in session.scalars(select(Client))}
 
 
-def tools(app) -> dict[str, Tool]:
+def tools(app) -> dict[str, Exam]:
     with app.extensions["db"].session() as session:
-        return {t.slug: t for t in session.scalars(select(Tool).options(joinedload(Tool.client)))}
+        return {t.slug: t for t in session.scalars(select(Exam).options(joinedload(Exam.client)))}
 
 
 def client_form(

@@ -128,9 +128,9 @@ def test_a_new_attempt_supersedes_the_open_one(portal):
 
 def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attempt(portal):
     with portal.extensions["db"].session() as session:
-        from webapp.models import Tool, User
+        from webapp.models import Exam, User
 
-        tool = session.scalar(select(Tool))
+        tool = session.scalar(select(Exam))
         tool.restartable = False
         toolcall = lifecycle.create(session, tool, session.scalar(select(User)))
         for status in HAPPY_LOG[1:]:

@@ -14,7 +14,7 @@ from sqlalchemy import inspect, select
 
 from webapp import create_app
 from webapp.config import SECRET_KEY_FILE, ConfigurationError, settings
-from webapp.models import Client, Tool, User
+from webapp.models import Client, Exam, User
 
 
 def invoke(app, *args: str):
@@ -61,7 +61,7 @@ def test_load_demo_twice_leaves_two_users_one_client_one_tool(migrated):
     succeeds(migrated, "load-demo")
     succeeds(migrated, "load-demo")
     with migrated.extensions["db"].session() as session:
-        assert (count(session, User), count(session, Client), count(session, Tool)) == (2, 1, 1)
+        assert (count(session, User), count(session, Client), count(session, Exam)) == (2, 1, 1)
 
 
 def test_the_demo_data_is_the_specs(migrated):
@@ -69,7 +69,7 @@ def test_the_demo_data_is_the_specs(migrated):
     admin, user = sorted(rows(migrated, User), key=lambda user: user.username)
     assert (admin.username, admin.is_admin, admin.check_password("admin")) == ("admin", True, True)
     assert (user.username, user.is_admin, user.check_password("user")) == ("user", False, True)
-    [client], [tool] = rows(migrated, Client), rows(migrated, Tool)
+    [client], [tool] = rows(migrated, Client), rows(migrated, Exam)
     assert (client.name, tool.slug, tool.client_id) == ("testclient", "my-tool", client.id)
 
 
@@ -130,7 +130,7 @@ def test_tools_add_saves_a_tool_of_a_client(migrated):
         *["tools", "add", "excel", "--client", "vendor", "--name", "Excel"],
         *["--description", "Spreadsheets", "--deadline-minutes", "90", "--not-restartable"],
     )
-    [tool] = rows(migrated, Tool)
+    [tool] = rows(migrated, Exam)
     assert (tool.slug, tool.name, tool.description) == ("excel", "Excel", "Spreadsheets")
     assert (tool.deadline_minutes, tool.restartable, tool.client_id) == (
         90,
@@ -142,7 +142,7 @@ def test_tools_add_saves_a_tool_of_a_client(migrated):
 def test_tools_add_defaults_to_240_minutes_and_restartable(migrated):
     succeeds(migrated, "clients", "add", "vendor", "--start-url", "https://a/", "--result-url", "https://b/")
     succeeds(migrated, "tools", "add", "excel", "--client", "vendor", "--name", "Excel")
-    [tool] = rows(migrated, Tool)
+    [tool] = rows(migrated, Exam)
     assert (tool.deadline_minutes, tool.restartable) == (240, True)
 
 
@@ -151,7 +151,7 @@ def test_tools_add_for_an_unknown_client_fails_and_says_how_to_add_it(migrated):
     assert result.exit_code != 0
     assert "no client 'nobody'" in result.output
     assert "clients add nobody" in result.output
-    assert rows(migrated, Tool) == []
+    assert rows(migrated, Exam) == []
 
 
 # ---- configuration ----------------------------------------------------------------------------------

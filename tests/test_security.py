@@ -60,7 +60,7 @@ from vendor_stub import Answer, VendorStub
 
 from webapp import SECURITY_HEADERS, create_app, lifecycle, vendor_client
 from webapp.lifecycle import Status
-from webapp.models import Base, Client, ResultFetch, Tool, ToolCall, User
+from webapp.models import Base, Client, Exam, ResultFetch, ToolCall, User
 
 WORKER_REDIS_URL = os.environ.get("TOOLCALL_TEST_SECURITY_REDIS_URL") or "redis://127.0.0.1:6379/1"
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -224,7 +224,7 @@ def test_a_head_request_does_not_use_a_start_token_up(portal):
     """A HEAD is a GET without the body: on /fetch-token/ it would burn the token (and move the
     attempt on) with nobody getting the start data. It is refused; the token still works."""
     with portal.extensions["db"].session() as session:
-        tool, user = session.scalar(select(Tool)), session.scalar(select(User))
+        tool, user = session.scalar(select(Exam)), session.scalar(select(User))
         toolcall = lifecycle.create(session, tool, user)
         lifecycle.advance(session, toolcall, (Status.START_TK_SENT, "token issued"))
         toolcall_id = toolcall.id

@@ -19,7 +19,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from webapp.models import Client, Tool, User
+from webapp.models import Client, Exam, User
 
 #: Where the demo vendor (examples/vendor, the Procfile's `vendor` line) listens by default.
 DEMO_VENDOR = "http://127.0.0.1:5001"
@@ -63,8 +63,8 @@ def save_client(
 
 
 def save_tool(session: Session, slug: str, client: Client, name: str, description: str = "",
-              deadline_minutes: int = 240, restartable: bool = True) -> Tool:  # fmt: skip
-    tool = session.scalar(select(Tool).where(Tool.slug == slug)) or Tool(slug=slug)
+              deadline_minutes: int = 240, restartable: bool = True) -> Exam:  # fmt: skip
+    tool = session.scalar(select(Exam).where(Exam.slug == slug)) or Exam(slug=slug)
     tool.client = client
     tool.name = name
     tool.description = description

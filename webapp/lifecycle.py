@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from webapp.models import Tool, ToolCall, ToolCallLog, User, utcnow
+from webapp.models import Exam, ToolCall, ToolCallLog, User, utcnow
 
 log = logging.getLogger("webapp.lifecycle")
 
@@ -52,35 +52,37 @@ class Status(StrEnum):
     FINISHED_ERR = "finished-err"
 
 
-S = Status
-
 _NAMES = frozenset(status.value for status in Status)
 
 #: from -> the statuses it may move to (and when).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     # token issued | superseded
-    S.INITIAL: frozenset({S.START_TK_SENT, S.FINISHED_ERR}),
+    Status.INITIAL: frozenset({Status.START_TK_SENT, Status.FINISHED_ERR}),
     # fetched | expired | superseded
-    S.START_TK_SENT: frozenset({S.START_DATA_SENT, S.START_TK_ERR, S.FINISHED_ERR}),
+    Status.START_TK_SENT: frozenset({Status.START_DATA_SENT, Status.START_TK_ERR, Status.FINISHED_ERR}),
     # result | deadline | superseded
-    S.START_DATA_SENT: frozenset({S.RESULT_TK_RECEIVED, S.TOOL_TIMEOUT_ERR, S.FINISHED_ERR}),
+    Status.START_DATA_SENT: frozenset(
+        {Status.RESULT_TK_RECEIVED, Status.TOOL_TIMEOUT_ERR, Status.FINISHED_ERR}
+    ),
     # valid | invalid
-    S.RESULT_TK_RECEIVED: frozenset({S.RESULT_RECEIVED_OK, S.RESULT_RECEIVED_ERR}),
-    S.RESULT_RECEIVED_OK: frozenset({S.RESULT_SAVED}),
-    S.RESULT_SAVED: frozenset({S.FINISHED_OK}),
-    S.START_TK_ERR: frozenset({S.FINISHED_ERR}),  # at once
-    S.TOOL_TIMEOUT_ERR: frozenset({S.FINISHED_ERR}),  # at once
-    S.RESULT_RECEIVED_ERR: frozenset({S.FINISHED_ERR}),  # at once
-    S.FINISHED_ERR: frozenset({S.RESULT_TK_RECEIVED}),  # a late result, or a failed one fetched again
-    S.FINISHED_OK: frozenset(),
+    Status.RESULT_TK_RECEIVED: frozenset({Status.RESULT_RECEIVED_OK, Status.RESULT_RECEIVED_ERR}),
+    Status.RESULT_RECEIVED_OK: frozenset({Status.RESULT_SAVED}),
+    Status.RESULT_SAVED: frozenset({Status.FINISHED_OK}),
+    Status.START_TK_ERR: frozenset({Status.FINISHED_ERR}),  # at once
+    Status.TOOL_TIMEOUT_ERR: frozenset({Status.FINISHED_ERR}),  # at once
+    Status.RESULT_RECEIVED_ERR: frozenset({Status.FINISHED_ERR}),  # at once
+    Status.FINISHED_ERR: frozenset(
+        {Status.RESULT_TK_RECEIVED}
+    ),  # a late result, or a failed one fetched again
+    Status.FINISHED_OK: frozenset(),
 }
 
 #: Attempts still under way: a newer attempt of the same user and tool supersedes them.
-OPEN = frozenset({S.INITIAL, S.START_TK_SENT, S.START_DATA_SENT})
+OPEN = frozenset({Status.INITIAL, Status.START_TK_SENT, Status.START_DATA_SENT})
 #: Error states that end the attempt in the same operation.
-FAILING = frozenset({S.START_TK_ERR, S.TOOL_TIMEOUT_ERR, S.RESULT_RECEIVED_ERR})
+FAILING = frozenset({Status.START_TK_ERR, Status.TOOL_TIMEOUT_ERR, Status.RESULT_RECEIVED_ERR})
 #: Statuses that end an attempt (``ended`` is set).
-ENDING = frozenset({S.FINISHED_OK, S.FINISHED_ERR})
+ENDING = frozenset({Status.FINISHED_OK, Status.FINISHED_ERR})
 
 
 class IllegalTransition(ValueError):
@@ -102,16 +104,18 @@ def check(current: str, new: str) -> None:
         raise IllegalTransition(f"a ToolCall in {current} cannot move to {new}; it may move to: {options}")
 
 
-def create(session: Session, tool: Tool, user: User, details: str = "") -> ToolCall:
+def create(session: Session, tool: Exam, user: User, details: str = "") -> ToolCall:
     """A new attempt in ``initial``, with its first log row (flushed, not committed)."""
     # The highest number so far, not a count: numbers stay unique even if rows were ever removed.
     previous = session.scalar(
         select(func.max(ToolCall.attempt)).where(ToolCall.tool_id == tool.id, ToolCall.user_id == user.id)
     )
-    toolcall = ToolCall(tool=tool, user=user, status=S.INITIAL, attempt=(previous or 0) + 1)
+    toolcall = ToolCall(tool=tool, user=user, status=Status.INITIAL, attempt=(previous or 0) + 1)
     session.add(toolcall)
     session.flush()
-    session.add(ToolCallLog(toolcall_id=toolcall.id, status=S.INITIAL, details=details or "attempt started"))
+    session.add(
+        ToolCallLog(toolcall_id=toolcall.id, status=Status.INITIAL, details=details or "attempt started")
+    )
     session.flush()
     session.expire(toolcall, ["log"])
     log.info("toolcall %s: created (tool %s, user %s)", toolcall.id, tool.slug, user.id)
@@ -177,7 +181,7 @@ def _path(current: str, steps: Sequence[tuple[Status | str, str]]) -> list[tuple
         check(path[-1][0] if path else current, new)
         path.append((Status(new), details))
         if path[-1][0] in FAILING:
-            path.append((S.FINISHED_ERR, details))
+            path.append((Status.FINISHED_ERR, details))
     return path
 
 

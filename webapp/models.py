@@ -83,11 +83,12 @@ class Client(Base):
     receive_result_token_url: Mapped[str] = mapped_column(String(500))
     secret: Mapped[str | None] = mapped_column(String(255), default=None)
 
-    tools: Mapped[list[Tool]] = relationship(back_populates="client")
+    tools: Mapped[list[Exam]] = relationship(back_populates="client")
 
 
-class Tool(Base):
-    """An exam hosted by a client."""
+class Exam(Base):
+    """An exam hosted by a client. The vendor API, the CLI (``tools add``), the URLs and the table call
+    it a *tool*, as the original system did; the code says exam, so that *tool* means a ToolBus tool."""
 
     __tablename__ = "toolcall_tool"
 
@@ -116,7 +117,7 @@ class ToolCall(Base):
     status: Mapped[str] = mapped_column(String(30), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
 
-    tool: Mapped[Tool] = relationship()
+    tool: Mapped[Exam] = relationship()
     user: Mapped[User] = relationship()
     log: Mapped[list[ToolCallLog]] = relationship(order_by="ToolCallLog.id", back_populates="toolcall")
     results: Mapped[list[ToolCallResult]] = relationship(

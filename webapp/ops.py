@@ -48,7 +48,7 @@ from webapp.auth import login_manager, safe_next
 from webapp.cli import save_client, save_tool
 from webapp.db import get_session
 from webapp.lifecycle import Status
-from webapp.models import Client, ResultFetch, Tool, ToolCall, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, utcnow
 
 log = logging.getLogger("webapp.ops")
 bp = Blueprint("ops", __name__, url_prefix="/ops")
@@ -139,7 +139,7 @@ def toolcalls():
     form = ToolCallFilter(request.args)
     form.tool.choices = [SelectChoice("", "any")] + [
         SelectChoice(tool.slug, f"{tool.name} ({tool.slug})")
-        for tool in session.scalars(select(Tool).order_by(Tool.slug))
+        for tool in session.scalars(select(Exam).order_by(Exam.slug))
     ]
     if not form.validate():
         return render_template("ops/toolcalls.html", form=form, page=None), 400
@@ -151,7 +151,7 @@ def toolcalls():
     if form.status.data:
         query = query.where(ToolCall.status == form.status.data)
     if form.tool.data:
-        query = query.join(ToolCall.tool).where(Tool.slug == form.tool.data)
+        query = query.join(ToolCall.tool).where(Exam.slug == form.tool.data)
     return render_template("ops/toolcalls.html", form=form, page=paginate(query))
 
 
@@ -377,14 +377,14 @@ def _tool_form(**kwargs) -> ToolForm:
 
 @bp.get("/tools/")
 def tools():
-    rows = get_session().scalars(select(Tool).options(joinedload(Tool.client)).order_by(Tool.slug)).all()
+    rows = get_session().scalars(select(Exam).options(joinedload(Exam.client)).order_by(Exam.slug)).all()
     return render_template("ops/tools.html", tools=rows)
 
 
 @bp.route("/tools/new/", methods=["GET", "POST"])
 def tool_new():
     form = _tool_form()
-    if form.validate_on_submit() and not _taken(form.slug, Tool, Tool.slug, form.slug.data, None):
+    if form.validate_on_submit() and not _taken(form.slug, Exam, Exam.slug, form.slug.data, None):
         session = get_session()
         save_tool(
             session,
@@ -404,7 +404,7 @@ def tool_new():
 @bp.route("/tools/<int:tool_id>/", methods=["GET", "POST"])
 def tool_edit(tool_id: int):
     session = get_session()
-    tool = session.get(Tool, tool_id) or abort(404)
+    tool = session.get(Exam, tool_id) or abort(404)
     form = _tool_form(
         data={
             "slug": tool.slug,
@@ -415,7 +415,7 @@ def tool_edit(tool_id: int):
             "deadline_minutes": tool.deadline_minutes,
         }
     )
-    if form.validate_on_submit() and not _taken(form.slug, Tool, Tool.slug, form.slug.data, tool.id):
+    if form.validate_on_submit() and not _taken(form.slug, Exam, Exam.slug, form.slug.data, tool.id):
         tool.slug = form.slug.data
         tool.client = session.get(Client, form.client.data)
         tool.name = form.name.data
@@ -425,7 +425,7 @@ def tool_edit(tool_id: int):
         if _commit(form.slug, form.slug.data):
             flash(f"Tool {form.slug.data} saved.")
             return redirect(url_for("ops.tools"), code=303)
-        tool = session.get(Tool, tool_id)
+        tool = session.get(Exam, tool_id)
     return _form_page("ops/tool_form.html", form, tool=tool)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from webapp import lifecycle
 from webapp.db import get_session
 from webapp.lifecycle import OPEN, Status
-from webapp.models import Tool, ToolCall
+from webapp.models import Exam, ToolCall
 from webapp.vendor_client import add_query
 
 log = logging.getLogger("webapp.portal")
@@ -27,8 +27,8 @@ class StartForm(FlaskForm):
     pass
 
 
-def _tool(slug: str) -> Tool:
-    tool = get_session().scalar(select(Tool).where(Tool.slug == slug))
+def _tool(slug: str) -> Exam:
+    tool = get_session().scalar(select(Exam).where(Exam.slug == slug))
     if tool is None:
         abort(404)
     return tool
@@ -37,7 +37,7 @@ def _tool(slug: str) -> Tool:
 @bp.get("/")
 @login_required
 def home():
-    tools = get_session().scalars(select(Tool).order_by(Tool.name)).all()
+    tools = get_session().scalars(select(Exam).order_by(Exam.name)).all()
     return render_template("portal/home.html", tools=tools, form=StartForm())
 
 

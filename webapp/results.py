@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from webapp.models import Tool, ToolCall, ToolCallResult, User
+from webapp.models import Exam, ToolCall, ToolCallResult, User
 from webapp.signing import verify_system
 
 MAX_BODY = 1024 * 1024
@@ -94,7 +94,7 @@ class Attributed:
     persnr: str  # its user's
 
 
-_TOOLCALL, _TOOL, _USER = ToolCall.__table__, Tool.__table__, User.__table__
+_TOOLCALL, _TOOL, _USER = ToolCall.__table__, Exam.__table__, User.__table__
 #: Built once: building a statement costs more CPU than running it.
 _ATTRIBUTION_COLUMNS = (
     select(_TOOLCALL.c.status, _TOOL.c.client_id, _TOOL.c.slug, _USER.c.persnr)
