@@ -60,7 +60,7 @@ from portal_support import (  # fixtures below are asked for by name  # noqa: F4
 from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
 
-from webapp import SECURITY_HEADERS, create_app, lifecycle, vendor_client
+from webapp import SECURITY_HEADERS, create_app, lifecycle, outbound, vendor_client
 from webapp.lifecycle import Status
 from webapp.models import Base, Client, ResultFetch, Tool, ToolCall, User
 
@@ -483,12 +483,12 @@ class Network:
 
 @pytest.fixture(name="network")
 def network_fixture(monkeypatch: pytest.MonkeyPatch):
-    """Installs a ``Network`` in place of the resolver and sockets the vendor client uses."""
+    """Installs a ``Network`` in place of the resolver and sockets outbound calls use."""
 
     def install(answers: list[list[str]], deliver_to: tuple[str, int] | None = None) -> Network:
         network = Network(answers, deliver_to)
-        monkeypatch.setattr(vendor_client.socket, "getaddrinfo", network.getaddrinfo)
-        monkeypatch.setattr(vendor_client.socket, "socket", network.socket)
+        monkeypatch.setattr(outbound.socket, "getaddrinfo", network.getaddrinfo)
+        monkeypatch.setattr(outbound.socket, "socket", network.socket)
         return network
 
     return install

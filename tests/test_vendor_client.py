@@ -20,17 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from webapp.vendor_client import (
-    FetchOutcome,
-    ForbiddenAddress,
-    add_query,
-    backoff_delay,
-    check_address,
-    fetch_result,
-    parse_retry_after,
-    sign_webhook,
-    verify_webhook,
-)
+from webapp.outbound import ForbiddenAddress, check_address
+from webapp.vendor_client import FetchOutcome, add_query, backoff_delay, fetch_result, parse_retry_after
+from webapp.webhooks import sign_webhook, verify_webhook
 
 Respond = Callable[[BaseHTTPRequestHandler, threading.Event], None]
 
