@@ -13,7 +13,7 @@
 - **Production's vendor URLs**: https only, and addresses checked at connect time -- against a
   resolver that answers differently each time (DNS rebinding), a mixed answer, a network that
   delivers elsewhere, and end to end through a production ``callbacks`` worker. The unit tests of
-  ``check_address`` and the http/loopback refusals are in test_vendor_client.py.
+  ``check_address`` are in test_outbound.py, the http/loopback refusals in test_vendor_client.py.
 - **Flower**, started as the Procfile starts it: its pages and API need the basic-auth login;
   ``/metrics`` and ``/healthcheck`` do not (asserted as they are -- see the test's note).
 
