@@ -34,7 +34,8 @@ from examples.vendor.app import create_app as create_vendor
 from webapp import create_app as create_portal
 from webapp.models import Client, ResultFetch, ToolCall
 from webapp.results import attribute, validate
-from webapp.vendor_client import FetchOutcome, fetch_result, sign_webhook
+from webapp.vendor_client import FetchOutcome, fetch_result
+from webapp.webhooks import sign_webhook
 
 #: The Redis database of these tests (portal tests use 4, worker tests 8-15).
 REDIS_URL = os.environ.get("TOOLCALL_TEST_DEMO_REDIS_URL") or "redis://127.0.0.1:6379/6"

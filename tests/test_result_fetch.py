@@ -48,7 +48,8 @@ from webapp import lifecycle
 from webapp.fetches import Claim, claim, decide
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, ToolCall, utcnow
-from webapp.vendor_client import FetchOutcome, verify_webhook
+from webapp.vendor_client import FetchOutcome
+from webapp.webhooks import verify_webhook
 from worker.app import make_app
 
 pytestmark = pytest.mark.process

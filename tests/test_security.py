@@ -13,7 +13,7 @@
 - **Production's vendor URLs**: https only, and addresses checked at connect time -- against a
   resolver that answers differently each time (DNS rebinding), a mixed answer, a network that
   delivers elsewhere, and end to end through a production ``callbacks`` worker. The unit tests of
-  ``check_address`` and the http/loopback refusals are in test_vendor_client.py.
+  ``check_address`` are in test_outbound.py, the http/loopback refusals in test_vendor_client.py.
 - **Flower**, started as the Procfile starts it: its pages and API need the basic-auth login;
   ``/metrics`` and ``/healthcheck`` do not (asserted as they are -- see the test's note).
 
@@ -58,7 +58,7 @@ from portal_support import (
 from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
 
-from webapp import SECURITY_HEADERS, create_app, lifecycle, vendor_client
+from webapp import SECURITY_HEADERS, create_app, lifecycle, outbound, vendor_client
 from webapp.lifecycle import Status
 from webapp.models import Base, Client, Exam, ResultFetch, ToolCall, User
 
@@ -481,12 +481,12 @@ class Network:
 
 @pytest.fixture(name="network")
 def network_fixture(monkeypatch: pytest.MonkeyPatch):
-    """Installs a ``Network`` in place of the resolver and sockets the vendor client uses."""
+    """Installs a ``Network`` in place of the resolver and sockets outbound calls use."""
 
     def install(answers: list[list[str]], deliver_to: tuple[str, int] | None = None) -> Network:
         network = Network(answers, deliver_to)
-        monkeypatch.setattr(vendor_client.socket, "getaddrinfo", network.getaddrinfo)
-        monkeypatch.setattr(vendor_client.socket, "socket", network.socket)
+        monkeypatch.setattr(outbound.socket, "getaddrinfo", network.getaddrinfo)
+        monkeypatch.setattr(outbound.socket, "socket", network.socket)
         return network
 
     return install

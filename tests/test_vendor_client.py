@@ -20,17 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from webapp.vendor_client import (
-    FetchOutcome,
-    ForbiddenAddress,
-    add_query,
-    backoff_delay,
-    check_address,
-    fetch_result,
-    parse_retry_after,
-    sign_webhook,
-    verify_webhook,
-)
+from webapp.vendor_client import FetchOutcome, add_query, backoff_delay, fetch_result, parse_retry_after
+from webapp.webhooks import sign_webhook, verify_webhook
 
 Respond = Callable[[BaseHTTPRequestHandler, threading.Event], None]
 
@@ -310,7 +301,7 @@ def test_a_body_of_exactly_max_bytes_is_ok_and_one_more_is_too_large(vendor):
     assert (outcome.kind, outcome.error) == ("fail", "body larger than 100 bytes")
 
 
-# --- Standard Webhooks signatures -------------------------------------------------------------------
+# --- Signed fetches ----------------------------------------------------------------------------------
 
 SECRET = "whsec_" + base64.b64encode(b"a vendor's thirty-two byte key!!").decode()
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -345,65 +336,6 @@ def test_the_webhook_id_is_stable_across_attempts(vendor):
     assert [lowered(h)["webhook-id"] for _, h in v.received] == ["fetch-17", "fetch-17"]
 
 
-def signed_headers(secret: str = SECRET, timestamp: int | None = None, body: bytes = b"") -> dict[str, str]:
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    return {
-        "Webhook-Id": "msg_1",
-        "Webhook-Timestamp": str(timestamp),
-        "Webhook-Signature": sign_webhook(secret, "msg_1", timestamp, body),
-    }
-
-
-def test_verify_rejects_a_tampered_signature():
-    headers = signed_headers()
-    digest = bytearray(base64.b64decode(headers["Webhook-Signature"][3:]))
-    digest[0] ^= 1
-    headers["Webhook-Signature"] = "v1," + base64.b64encode(bytes(digest)).decode()
-    assert not verify_webhook(SECRET, headers, b"")
-
-
-def test_verify_rejects_another_body_id_or_secret():
-    headers = signed_headers(body=b"{}")
-    assert verify_webhook(SECRET, headers, b"{}")
-    assert not verify_webhook(SECRET, headers, b"{ }")
-    assert not verify_webhook(SECRET, {**headers, "Webhook-Id": "msg_2"}, b"{}")
-    assert not verify_webhook("another secret", headers, b"{}")
-
-
-def test_verify_rejects_an_old_or_future_timestamp():
-    assert not verify_webhook(SECRET, signed_headers(timestamp=int(time.time()) - 301), b"")
-    assert not verify_webhook(SECRET, signed_headers(timestamp=int(time.time()) + 301), b"")
-    assert verify_webhook(SECRET, signed_headers(timestamp=1000), b"", now=1200)
-
-
-def test_verify_rejects_missing_headers():
-    headers = signed_headers()
-    for name in headers:
-        assert not verify_webhook(SECRET, {k: v for k, v in headers.items() if k != name}, b"")
-
-
-def test_verify_accepts_any_of_several_signatures():
-    headers = signed_headers()
-    headers["Webhook-Signature"] = "v1,bm9wZQ== " + headers["Webhook-Signature"]
-    assert verify_webhook(SECRET, headers, b"")
-
-
-def test_signatures_match_the_standard_webhooks_test_vector():
-    # Published with the Standard Webhooks reference libraries: a vendor's library must accept ours.
-    signature = sign_webhook(
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        "msg_p5jXN8AQM9LWM0D4loKWxJek",
-        1614265330,
-        b'{"test": 2432232314}',
-    )
-    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-
-
-def test_a_plain_secret_is_used_as_its_utf8_bytes():
-    whsec = "whsec_" + base64.b64encode("plain sécret".encode()).decode()
-    assert sign_webhook("plain sécret", "msg_1", 1) == sign_webhook(whsec, "msg_1", 1)
-
-
 def test_a_whsec_secret_that_is_not_base64_fails_the_fetch_without_calling(vendor):
     with pytest.raises(ValueError, match="not base64"):
         sign_webhook("whsec_not*base64", "msg_1", 1)
@@ -430,35 +362,6 @@ def test_production_refuses_a_loopback_host_before_connecting(vendor, host):
     assert outcome.kind == "fail"
     assert "is loopback" in outcome.error and "public addresses only" in outcome.error
     assert v.received == []
-
-
-@pytest.mark.parametrize(
-    "ip",
-    [
-        "10.0.0.1",
-        "172.16.0.1",
-        "192.168.1.1",
-        "127.0.0.1",
-        "169.254.1.1",
-        "::1",
-        "fe80::1",
-        "fc00::1",
-        "::ffff:127.0.0.1",
-        "0.0.0.0",
-        "::",
-        "224.0.0.1",
-        "100.64.0.1",
-        "2002:7f00:1::",  # 6to4 leading to 127.0.0.1
-    ],
-)
-def test_check_address_refuses_non_public_addresses(ip):
-    with pytest.raises(ForbiddenAddress, match=f"vendor address {ip} is "):
-        check_address(ip)
-
-
-@pytest.mark.parametrize("ip", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
-def test_check_address_allows_public_addresses(ip):
-    check_address(ip)
 
 
 # --- Backoff ----------------------------------------------------------------------------------------
@@ -491,8 +394,3 @@ def test_backoff_refuses_a_negative_attempt():
 @pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000])
 def test_odd_retry_after_values_do_not_raise(value):
     assert parse_retry_after(value) in (None, 3600)
-
-
-def test_an_odd_webhook_timestamp_does_not_verify():
-    headers = {"webhook-id": "x", "webhook-timestamp": "²", "webhook-signature": "v1,abc"}
-    assert verify_webhook("secret", headers, b"") is False
