@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from webapp.vendor_client import FetchOutcome, add_query, backoff_delay, fetch_result, parse_retry_after
+from webapp.fetches import retry_delay
+from webapp.vendor_client import FetchOutcome, add_query, fetch_result, parse_retry_after
 from webapp.webhooks import sign_webhook, verify_webhook
 
 Respond = Callable[[BaseHTTPRequestHandler, threading.Event], None]
@@ -378,17 +379,17 @@ class FixedRandom:
 @pytest.mark.parametrize(
     ("attempt", "ceiling"), [(0, 5), (1, 10), (2, 20), (5, 160), (9, 2560), (10, 3600), (50, 3600)]
 )
-def test_backoff_is_half_fixed_half_random_up_to_an_hour(attempt, ceiling):
-    assert backoff_delay(attempt, FixedRandom(0.0)) == ceiling / 2
-    assert backoff_delay(attempt, FixedRandom(0.999999)) == pytest.approx(ceiling, rel=1e-5)
+def test_the_retry_delay_is_half_fixed_half_random_up_to_an_hour(attempt, ceiling):
+    assert retry_delay(attempt, rng=FixedRandom(0.0)) == ceiling / 2
+    assert retry_delay(attempt, rng=FixedRandom(0.999999)) == pytest.approx(ceiling, rel=1e-5)
     rng = random.Random(attempt)
     for _ in range(100):
-        assert ceiling / 2 <= backoff_delay(attempt, rng) <= ceiling
+        assert ceiling / 2 <= retry_delay(attempt, rng=rng) <= ceiling
 
 
-def test_backoff_refuses_a_negative_attempt():
+def test_the_retry_delay_refuses_a_negative_attempt():
     with pytest.raises(ValueError, match="attempt must be 0 or more"):
-        backoff_delay(-1)
+        retry_delay(-1)
 
 
 @pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000])

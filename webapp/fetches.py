@@ -36,9 +36,10 @@ still changes only through ``webapp.lifecycle``, and attribution and validation 
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
@@ -51,7 +52,7 @@ from webapp.db import Database
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, utcnow
 from webapp.results import Attributed, InvalidResult, Unattributable, attribute, validate
-from webapp.vendor_client import FetchOutcome, backoff_delay
+from webapp.vendor_client import FetchOutcome
 
 log = logging.getLogger("webapp.fetches")
 
@@ -66,6 +67,9 @@ NEAR_RETRY_SECS = 600
 EARLY_GRACE = timedelta(minutes=10)
 #: Kept of a body on the fetch record, for inspection.
 KEPT_BODY = 64 * 1024
+#: The retry delay's base (spec §5: 5 s; ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``) and its ceiling.
+RETRY_BASE = 5.0
+RETRY_CAP = 3600.0
 
 # ---- 1. owed ----------------------------------------------------------------------------------------
 
@@ -257,9 +261,21 @@ def attempt(db: Database, fetch_id: int, config: dict) -> Decision:
     return decide(db, claimed, outcome, config)
 
 
-def retry_delay(attempts: int, base: float) -> float:
-    """Seconds before the next attempt after ``attempts``: min(base · 2^n, 1 h) with equal jitter."""
-    return backoff_delay(attempts, base=base)
+class _Random(Protocol):
+    def random(self) -> float: ...
+
+
+def retry_delay(attempt: int, base: float = RETRY_BASE, rng: _Random = random) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0): §5's
+    ``min(5 s · 2^n, 1 h)`` with equal jitter, i.e. half of it fixed and half random, so retries
+    from many fetches spread out without any of them coming back much too early. ``base`` replaces
+    the 5 s (``TOOLCALL_FETCH_BACKOFF_BASE_SECS``)."""
+    if attempt < 0:
+        raise ValueError(f"attempt must be 0 or more, not {attempt}")
+    # Past 2^32 the cap applies for any sensible base; stopping there keeps 2**attempt small for
+    # absurd attempt counts.
+    ceiling = min(base * 2 ** min(attempt, 32), RETRY_CAP)
+    return ceiling / 2 + rng.random() * ceiling / 2
 
 
 def decide(db: Database, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
@@ -343,7 +359,7 @@ def _plan_retry(db: Connection, claimed: Claim, outcome: FetchOutcome, config: d
     delay = (
         outcome.retry_after
         if outcome.retry_after is not None
-        else retry_delay(claimed.attempts, config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
+        else retry_delay(claimed.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
     )
     due = utcnow() + timedelta(seconds=delay)
     if due > claimed.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):

@@ -21,11 +21,10 @@ This is domain code: no Flask, no database; the Celery task owns the fetch recor
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal, Protocol
+from typing import Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from webapp import outbound
@@ -38,7 +37,6 @@ __all__ = [
     "TOTAL_TIMEOUT",
     "FetchOutcome",
     "add_query",
-    "backoff_delay",
     "classify_status",
     "fetch_result",
     "parse_retry_after",
@@ -48,8 +46,6 @@ MAX_BODY_BYTES = 1 << 20  # §4: a result body is at most 1 MiB
 CONNECT_TIMEOUT = 5.0  # §5
 TOTAL_TIMEOUT = 15.0  # §5: the whole response, not each read
 RETRY_AFTER_CAP = 3600.0  # §5: a vendor cannot park a fetch for longer than an hour
-BACKOFF_BASE = 5.0
-BACKOFF_CAP = 3600.0
 
 #: Statuses meaning "not there yet": retried only while the vendor may still be storing the result.
 GRACE_STATUSES = frozenset({404, 409, 425})
@@ -191,20 +187,3 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-
-
-class _Random(Protocol):
-    def random(self) -> float: ...
-
-
-def backoff_delay(attempt: int, rng: _Random = random, base: float = BACKOFF_BASE) -> float:
-    """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0): §5's
-    ``min(5 s · 2^n, 1 h)`` with equal jitter, i.e. half of it fixed and half random, so retries
-    from many fetches spread out without any of them coming back much too early. ``base`` replaces
-    the 5 s (``TOOLCALL_FETCH_BACKOFF_BASE_SECS``)."""
-    if attempt < 0:
-        raise ValueError(f"attempt must be 0 or more, not {attempt}")
-    # Past 2^32 the cap applies for any sensible base; stopping there keeps 2**attempt small for
-    # absurd attempt counts.
-    ceiling = min(base * 2 ** min(attempt, 32), BACKOFF_CAP)
-    return ceiling / 2 + rng.random() * ceiling / 2
