@@ -12,16 +12,20 @@ What they build with (rows, logging in, scratch databases) is in ``portal_suppor
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from flask import Flask
-from portal_support import BACKENDS, PORTAL_ENVIRONMENT, REDIS_URL, empty_redis, scratch_postgres_database
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
+from portal_support import (
+    BACKENDS,
+    PORTAL_ENVIRONMENT,
+    REDIS_URL,
+    empty_redis,
+    scratch_postgres_database,
+    scratch_postgres_schema,
+)
 
 from webapp import create_app
 from webapp.db import Database
@@ -40,18 +44,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'toolcall.sqlite3'}"
         return
-    server = request.getfixturevalue("postgres_url")
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        admin.dispose()
+    with scratch_postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -80,6 +80,23 @@ def scratch_postgres_database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def scratch_postgres_schema(server: str) -> Iterator[str]:
+    """A new schema (``t_<random>``) in the database at ``server`` for as long as the block runs; the
+    URL that makes it the search path."""
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        admin.dispose()
+
+
 def count(session: Session, model: type) -> int:
     return session.scalar(select(func.count()).select_from(model))
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -40,8 +39,8 @@ from fetch_support import (
     running_portal,
 )
 from helpers import HAPPY_LOG, wait_until
-from sqlalchemy import create_engine, select
-from sqlalchemy.engine import make_url
+from portal_support import scratch_postgres_schema
+from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
 
 from webapp import lifecycle
@@ -82,17 +81,8 @@ def pg_portal_fixture(
 ) -> Iterator[Portal]:
     """The portal on a PostgreSQL schema of its own, with its callbacks worker."""
     directory = tmp_path_factory.mktemp("result-fetch-postgresql")
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield from running_portal(
-            directory, url.render_as_string(hide_password=False), POSTGRES_REDIS, stub, "callbacks-pg"
-        )
-    finally:
-        admin.dispose()  # the session's database, schema and all, is dropped by postgres_url
+    with scratch_postgres_schema(postgres_url) as url:
+        yield from running_portal(directory, url, POSTGRES_REDIS, stub, "callbacks-pg")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"], name="any_portal")
