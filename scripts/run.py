@@ -35,10 +35,11 @@ from urllib.parse import urlsplit
 
 import redis
 
+from celeryconfig import DEFAULT_REDIS_URL
+
 ROOT = Path(__file__).resolve().parent.parent
 #: The virtualenv's bin: the Procfile's commands (gunicorn, celery, flask, python) come from there.
 BIN = Path(sys.executable).parent
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 #: How long the portal may take to answer before the run gives up waiting to print its banner.
 STARTUP_SECS = 120

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import requests
 from callbacks_worker import CLEARED, CallbacksWorker
-from helpers import REPO, wait_until
+from helpers import REPO, suite_redis_url, wait_until
 from portal_support import unavailable
 
 #: The Redis database of the browser test (portal tests use 4, result fetches 5-6, workers 8-15).
-REDIS_URL = os.environ.get("TOOLCALL_TEST_BROWSER_REDIS_URL") or "redis://127.0.0.1:6379/3"
+REDIS_URL = suite_redis_url(3)
 #: Debian's Chromium: Playwright's own browser download is not used (see the Makefile's browser target).
 CHROMIUM = "/usr/bin/chromium"
 #: Seconds a server gets to answer its first request; a cold start on a busy machine is slow.

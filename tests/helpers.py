@@ -15,6 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: The Redis server of the tests (each suite has a database of its own on it). Another server, e.g.
+#: one started for a second run of the suite on the same machine: TOOLCALL_TEST_REDIS=redis://host:port
+TEST_REDIS = (os.environ.get("TOOLCALL_TEST_REDIS") or "redis://127.0.0.1:6379").rstrip("/")
+
+
+def suite_redis_url(db: int) -> str:
+    """The URL of database ``db`` of the tests' Redis server."""
+    return f"{TEST_REDIS}/{db}"
+
+
 TOOL_SCRIPTS = Path(__file__).resolve().parent / "tools"
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from helpers import suite_redis_url
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -34,7 +35,7 @@ from webapp.models import Client, Exam, User
 #: Where the test databases are made: any database of the server (trust auth, or a password in the URL).
 POSTGRES_URL = os.environ.get("TOOLCALL_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1/test"
 #: The Redis database of these tests (the worker tests use 8-15).
-REDIS_URL = os.environ.get("TOOLCALL_TEST_REDIS_URL") or "redis://127.0.0.1:6379/4"
+REDIS_URL = suite_redis_url(4)
 BACKENDS = ["sqlite", "postgresql"]
 #: Settings read from the environment that would make a test depend on the shell it runs in.
 PORTAL_ENVIRONMENT = [

@@ -11,7 +11,6 @@ these tests: they check that the fetch is *owed*, then make it themselves with t
 from __future__ import annotations
 
 import base64
-import os
 import re
 import socket
 import threading
@@ -24,6 +23,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import pytest
 import requests
 from flask import Flask
+from helpers import suite_redis_url
 from portal_support import (
     empty_redis,
 )
@@ -38,7 +38,7 @@ from webapp.vendor_client import FetchOutcome, fetch_result
 from webapp.webhooks import sign_webhook
 
 #: The Redis database of these tests (portal tests use 4, worker tests 8-15).
-REDIS_URL = os.environ.get("TOOLCALL_TEST_DEMO_REDIS_URL") or "redis://127.0.0.1:6379/6"
+REDIS_URL = suite_redis_url(6)
 PORTAL_KEY = "a test key"
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 PLAIN_SECRET = "a shared secret"

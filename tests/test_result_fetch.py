@@ -38,7 +38,7 @@ from fetch_support import (
     result_body,
     running_portal,
 )
-from helpers import HAPPY_LOG, wait_until
+from helpers import HAPPY_LOG, suite_redis_url, wait_until
 from portal_support import scratch_postgres_schema
 from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
@@ -53,8 +53,8 @@ from worker.app import make_app
 
 pytestmark = pytest.mark.process
 
-SQLITE_REDIS = "redis://127.0.0.1:6379/5"
-POSTGRES_REDIS = "redis://127.0.0.1:6379/6"
+SQLITE_REDIS = suite_redis_url(5)
+POSTGRES_REDIS = suite_redis_url(6)
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@
   ``/metrics`` and ``/healthcheck`` do not (asserted as they are -- see the test's note).
 
 Redis: the in-process portals use database 4 (portal_support); the production worker and Flower
-use database 1 (``TOOLCALL_TEST_SECURITY_REDIS_URL``), shared with test_vendor_faults.py, which
+use database 1 of the tests' Redis (``TOOLCALL_TEST_REDIS``), shared with test_vendor_faults.py, which
 runs before or after this module, never with it (each flushes it at start and end).
 """
 
@@ -46,7 +46,7 @@ import pytest
 import requests
 from callbacks_worker import CLEARED
 from fetch_support import Portal, new_token, running_portal
-from helpers import REPO, free_port, wait_until
+from helpers import REPO, free_port, suite_redis_url, wait_until
 from portal_support import (
     REDIS_URL,
     add_client,
@@ -62,7 +62,7 @@ from webapp import SECURITY_HEADERS, create_app, lifecycle, outbound, vendor_cli
 from webapp.lifecycle import Status
 from webapp.models import Base, Client, Exam, ResultFetch, ToolCall, User
 
-WORKER_REDIS_URL = os.environ.get("TOOLCALL_TEST_SECURITY_REDIS_URL") or "redis://127.0.0.1:6379/1"
+WORKER_REDIS_URL = suite_redis_url(1)
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 #: Routes that take no CSRF token, and why. Nothing else may be exempt.
 CSRF_EXEMPT_BY_DESIGN = {

@@ -8,7 +8,7 @@ both that the fault was retried and that the retry was then the last one; faults
 (connection refused, a connect that times out) are retried until the fetch gives up.
 
 Everything is real: the portal (Flask's test client) and one ``callbacks`` worker process on a
-SQLite file and Redis database 1 (``TOOLCALL_TEST_FAULTS_REDIS_URL``; the other test modules use
+SQLite file and Redis database 1 of the tests' Redis (``TOOLCALL_TEST_REDIS``; the other test modules use
 3-6 and 8-15, the benchmarks 2 and 7), and a ``BadVendor`` on 127.0.0.1 (tests/bad_vendor.py).
 The portal's timeouts are the spec's (5 s to connect, 15 s for a whole response): they are not
 settings, so the rows that wait for them run side by side -- every selected row starts when the
@@ -32,7 +32,6 @@ validation, once-only, late results, the sweep) is in test_result_fetch.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -66,7 +65,7 @@ from fetch_support import (
     result_body,
     running_portal,
 )
-from helpers import HAPPY_LOG, wait_until
+from helpers import HAPPY_LOG, suite_redis_url, wait_until
 from sqlalchemy import select
 from vendor_stub import Answer
 
@@ -75,7 +74,7 @@ from webapp.signing import sign_system
 
 pytestmark = pytest.mark.process
 
-REDIS_URL = os.environ.get("TOOLCALL_TEST_FAULTS_REDIS_URL") or "redis://127.0.0.1:6379/1"
+REDIS_URL = suite_redis_url(1)
 #: The longest any row may take: three 5 s connect timeouts, or a 15 s timeout and its retry.
 ROW_TIMEOUT = 90.0
 #: Rows run at once: enough for every slow row, few enough not to swamp two cores.

@@ -24,14 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
-from helpers import REPO, pid_gone, script_command, wait_until, write_tools
+from helpers import REPO, TEST_REDIS, pid_gone, script_command, wait_until, write_tools
 
 from toolbus.descriptors import load_tools
 from worker import launcher as launcher_module
 from worker.bus import Bus
 
 PYTHON = sys.executable
-REDIS_SERVER = "redis://127.0.0.1:6379"
+REDIS_SERVER = TEST_REDIS
 #: The RabbitMQ of the broker tests; another one can be chosen with TOOLCALL_TEST_RABBITMQ_URL.
 RABBITMQ_URL = os.environ.get("TOOLCALL_TEST_RABBITMQ_URL") or "amqp://guest:guest@127.0.0.1:5672//"
 #: Seconds the workers of a launcher get to answer their first ping (two cores, several workers).
