@@ -6,6 +6,7 @@ polls; every poll here is bounded and fails the test with a message when the tim
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -154,3 +155,16 @@ HAPPY_LOG = [
     "result-saved",
     "finished-ok",
 ]
+
+
+def forge_signature(signed: str, sep: str = ":") -> str:
+    """``signed`` (``<value><sep><base64url signature>``) with one bit of its signature flipped.
+
+    Editing the last character of the text is no forgery: it carries bits that base64 decoding
+    ignores, so for one signature in sixteen the edited text decodes to the same bytes and verifies.
+    """
+    value, _, signature = signed.rpartition(sep)
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
+    raw[0] ^= 0x01
+    forged = base64.urlsafe_b64encode(bytes(raw)).decode()
+    return f"{value}{sep}{forged.rstrip('=') if not signature.endswith('=') else forged}"

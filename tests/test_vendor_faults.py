@@ -65,7 +65,7 @@ from fetch_support import (
     result_body,
     running_portal,
 )
-from helpers import HAPPY_LOG, suite_redis_url, wait_until
+from helpers import HAPPY_LOG, forge_signature, suite_redis_url, wait_until
 from sqlalchemy import select
 from vendor_stub import Answer
 
@@ -255,7 +255,7 @@ FAULTS = [
                        UNATTRIBUTABLE + "the body is not a JSON object with a data object"), id="json-array"),
     pytest.param(Fault(lambda s: [s.body({**result_body(s.attempt, s.token), "data": {}})], "failed",
                        "start-data-sent", 1, UNATTRIBUTABLE + "data.system is missing"), id="no-system"),
-    pytest.param(Fault(lambda s: [s.result(system=s.attempt.start["system"][:-1] + "x")], "failed",
+    pytest.param(Fault(lambda s: [s.result(system=forge_signature(s.attempt.start["system"]))], "failed",
                        "start-data-sent", 1,
                        UNATTRIBUTABLE + "data.system does not verify: it was not issued by this portal"),
                  id="forged-system"),
