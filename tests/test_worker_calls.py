@@ -71,6 +71,15 @@ def test_eval_of_an_external_tool(bus, launcher):
     assert pid not in launcher.worker_pids().values()  # a tool process of its own
 
 
+def test_a_call_is_known_by_its_tool_in_flower_and_the_worker_statistics(bus):
+    """Every call is a toolbus.eval task; its shadow name (Flower's list, the logs, the statistics)
+    names the tool, so calls of different tools can be told apart at a glance."""
+    bus.eval("calc", 'compute("2*2")', timeout=TIMEOUT)
+    stats = bus.app.control.inspect(timeout=5).stats() or {}
+    names = {name for worker in stats.values() for name in (worker.get("total") or {})}
+    assert "toolbus.eval:calc" in names, names
+
+
 def test_do_returns_at_once_and_runs_as_a_task(bus):
     task_id = bus.do("counter", "poke")
     assert isinstance(task_id, str)

@@ -110,7 +110,9 @@ def _worker_rows(stats: dict, queues: dict, tools: list[ToolRow]) -> list[Worker
         info = stats[name] or {}
         pool = info.get("pool") or {}
         served = sorted(q.get("name", "?") for q in queues.get(name) or [])
-        totals = {task: int(n) for task, n in (info.get("total") or {}).items()}
+        totals: dict[str, int] = defaultdict(int)
+        for task, n in (info.get("total") or {}).items():
+            totals[task.partition(":")[0]] += int(n)  # toolbus.eval:calc -> toolbus.eval (Bus.eval's name)
         limit = pool.get("max-tasks-per-child")  # "N/A" when children are never recycled
         rows.append(
             WorkerRow(

@@ -6,7 +6,7 @@ their own app with ``make_app`` and never use ``current_app``.
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
 import celeryconfig
 
@@ -22,3 +22,10 @@ def make_app(name: str = "toolcall", **overrides) -> Celery:
 
 app = Celery("toolcall", include=TASK_MODULES)
 app.conf.update(celeryconfig.settings())
+
+
+@signals.beat_init.connect
+def _quiet_beat(sender=None, **_):
+    """Beat sends only the sweep, which sends no events (``worker.fetch_tasks``): without this, its
+    task-sent event every few seconds would list it in Flower as a task sent and never heard of."""
+    sender.app.conf.task_send_sent_event = False

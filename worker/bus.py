@@ -71,7 +71,9 @@ class Bus:
             # way, while ``expires`` cost every task an ISO date to build, parse and check (~7% of
             # a trivial eval's round trip; docs/worker-performance.md).
             options["time_limit"] = timeout + HARD_LIMIT_MARGIN
-        return self.app.send_task(task, kwargs={"tool": tool, **args}, **options)
+        # The task's name in Flower, the workers' logs and their statistics names the tool
+        # (toolbus.eval:calc); the worker runs, and routes by, the real name.
+        return self.app.send_task(task, kwargs={"tool": tool, **args}, shadow=f"{task}:{tool}", **options)
 
     # ---- calls -------------------------------------------------------------------------------------
 

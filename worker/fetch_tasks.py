@@ -30,7 +30,9 @@ def fetch_result(self, fetch_id: int) -> str:
     return decision.text
 
 
-@app.task(name="toolcall.sweep")
+# Every few seconds, with nothing for an operator to read in its result: no result is kept and no
+# events are sent, so it does not bury the fetches and tool calls in Flower (its work is logged).
+@app.task(name="toolcall.sweep", ignore_result=True, send_events=False)
 def sweep() -> dict:
     """Re-queue lost fetches; expire unused start tokens and attempts past their deadline."""
     config, db = _config.get(), _database.get()
