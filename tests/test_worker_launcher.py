@@ -106,6 +106,22 @@ def _running(launcher, what: str) -> list:
     return [t for tasks in active.values() for t in tasks if what in str(t.get("kwargs"))]
 
 
+def test_a_second_launcher_for_the_same_host_group_refuses_to_start_naming_the_first(tmp_path):
+    with running(tmp_path, {"counter": counter()}, group=GROUP, db=DB) as launcher:
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        env = {**launcher.env, "TOOLCALL_TOOLS": str(write_tools(copy, {"counter": counter()}))}
+        second = subprocess.run(launcher.argv(), env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert (
+            f"host group {GROUP!r} already runs on this machine: launcher pid {launcher.pid}" in second.stderr
+        )
+        assert "--host" in second.stderr
+        # The first one was not disturbed: its workers still serve.
+        assert launcher.bus().eval("counter", make("add(<int>,<int>)", 1, 2), timeout=TIMEOUT) == parse("3")
+        assert len(launcher.worker_pids()) == 1
+
+
 def test_a_group_without_tools_is_an_error(tmp_path):
     path = write_tools(tmp_path, {"probe": probe("elsewhere")})
     done = subprocess.run(

@@ -10,10 +10,16 @@ group plus every internal tool (``host_name = "ToolBus"``):
 
 It stays in the foreground, restarts a worker that dies (saying why), and on SIGTERM or SIGINT
 stops every worker -- and with them every tool process -- before it exits.
+
+One launcher per host group and machine: a second one would start workers under the same Celery
+node names, serving the same queues with whatever tools file it was given, and the two would
+answer each other's callers. So a launcher claims its host group in Redis (``LauncherClaim``) and a
+second one refuses to start, naming the first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -27,11 +33,16 @@ from typing import TextIO
 
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from worker import records
+from worker.events import PREFIX, connect_redis
 
 log = logging.getLogger("worker.launcher")
 
 #: How long stopping workers get to finish their current calls before they are killed.
 STOP_TIMEOUT = 30.0
+#: A launcher's claim on its host group lives this long unless refreshed (a killed launcher's claim
+#: is gone after it); it is refreshed every CLAIM_REFRESH_SECS.
+CLAIM_SECS = 10
+CLAIM_REFRESH_SECS = 2.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,52 @@ def list_tools(out: TextIO) -> int:
     return 0
 
 
+class GroupTaken(Exception):
+    """Another launcher runs this host group on this machine; the message names it."""
+
+
+class LauncherClaim:
+    """This launcher's claim on host group ``group`` of this machine: a Redis key holding who runs it."""
+
+    def __init__(self, group: str, tools_path: str):
+        self.key = f"{PREFIX}:launcher:{group}@{socket.gethostname()}"
+        self.group = group
+        self.value = json.dumps({"pid": os.getpid(), "tools": tools_path, "started": time.time()})
+        self.redis = connect_redis(socket_connect_timeout=2.0, socket_timeout=2.0)
+
+    def take(self) -> None:
+        """Claim the group; raises ``GroupTaken`` when a live launcher holds it. A Redis that cannot
+        be reached is logged and the launcher starts anyway (its workers will need it too)."""
+        try:
+            if self.redis.set(self.key, self.value, nx=True, ex=CLAIM_SECS):
+                return
+            holder = json.loads(self.redis.get(self.key) or "{}")
+        except Exception as e:
+            log.warning("could not claim host group %s in Redis (%s); starting anyway", self.group, e)
+            return
+        raise GroupTaken(
+            f"host group {self.group!r} already runs on this machine: launcher pid {holder.get('pid', '?')} "
+            f"with tools file {holder.get('tools', '?')}. A second launcher would take the same worker "
+            "names and queues. Stop that one first, or start this one for another host group "
+            f"(--host NAME; the tools it serves must have host_name = NAME). A launcher killed outright "
+            f"leaves its claim for at most {CLAIM_SECS} s."
+        )
+
+    def refresh(self) -> None:
+        try:
+            self.redis.set(self.key, self.value, xx=True, ex=CLAIM_SECS)
+        except Exception as e:
+            log.warning("could not refresh the claim on host group %s: %s", self.group, e)
+
+    def release(self) -> None:
+        try:
+            if self.redis.get(self.key) == self.value.encode():
+                self.redis.delete(self.key)
+        except Exception:
+            pass  # it expires on its own
+        self.redis.close()
+
+
 class _Worker:
     def __init__(self, spec: WorkerSpec, argv: list[str], env: dict[str, str]):
         self.spec = spec
@@ -140,6 +197,16 @@ class _Worker:
             pass
 
 
+def _wait(stopping: threading.Event, seconds: float, claim: LauncherClaim) -> bool:
+    """Wait ``seconds`` (a restart's backoff) keeping the claim alive; True when stopping."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stopping.wait(min(left, CLAIM_REFRESH_SECS)):
+            return True
+        claim.refresh()
+    return stopping.is_set()
+
+
 def _exit_reason(code: int) -> str:
     if code < 0:
         try:
@@ -156,6 +223,12 @@ def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> i
         print(f"no tools for host group {group!r} in {default_tools_path()}", file=sys.stderr)
         return 1
     env = {**os.environ, "TOOLCALL_HOST_GROUP": group, "TOOLCALL_TOOLS": str(default_tools_path())}
+    claim = LauncherClaim(group, str(default_tools_path()))
+    try:
+        claim.take()
+    except GroupTaken as e:
+        print(f"not started: {e}", file=sys.stderr)
+        return 1
     stopping = threading.Event()
     received: list[int] = []
 
@@ -168,8 +241,12 @@ def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> i
     print(f"host group {group}: {len(specs)} worker(s) for {default_tools_path()}", flush=True)
     forget_tool_starts(specs, group)
     workers = [_Worker(spec, command(spec, group, loglevel), env) for spec in specs]
+    refreshed = time.monotonic()
     try:
         while not stopping.is_set():
+            if time.monotonic() - refreshed >= CLAIM_REFRESH_SECS:
+                claim.refresh()
+                refreshed = time.monotonic()
             for w in workers:
                 code = w.process.poll()
                 if code is None:
@@ -182,7 +259,7 @@ def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> i
                 delay = min(2 ** (w.failures - 1), 30) if quick else 0
                 log.error("worker %s (pid %s) died: %s; restarting in %d s", w.spec.name, w.process.pid,
                           _exit_reason(code), delay)  # fmt: skip
-                if stopping.wait(delay):
+                if _wait(stopping, delay, claim):
                     break
                 w.start()
             stopping.wait(0.5)
@@ -199,5 +276,6 @@ def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> i
                 log.warning("worker %s did not stop within %.0f s; killing it", w.spec.name, STOP_TIMEOUT)
             w.kill()  # the whole group: pool children that outlived their parent go too
             w.process.wait()
+        claim.release()
         print("stopped", flush=True)
     return 0
