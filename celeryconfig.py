@@ -27,6 +27,11 @@ MAX_EVAL_TIMEOUT = 3600
 #: The queue of the toolcall tasks (result fetches, the sweep): the Procfile's `callbacks` worker.
 CALLBACKS_QUEUE = "callbacks"
 
+#: Celery's keys in Redis (queues, results, events, remote control) start with this, so that other
+#: Celery apps using the same Redis database -- database 0 is every project's default -- neither
+#: see our tasks, workers and events nor show up in our Flower. (RabbitMQ ignores it.)
+REDIS_KEY_PREFIX = "toolcall:"
+
 
 class ConfigurationError(RuntimeError):
     """A setting is missing or wrong; the message says which and what to do."""
@@ -109,7 +114,12 @@ def settings() -> dict:
         # come after the caller's deadline anyway), and owed result fetches are re-queued from the
         # database by the sweep. (Should emulation come back, its visibility timeout must exceed every
         # eval timeout.)
-        "broker_transport_options": {"ack_emulation": False, "visibility_timeout": MAX_EVAL_TIMEOUT + 600},
+        "broker_transport_options": {
+            "ack_emulation": False,
+            "visibility_timeout": MAX_EVAL_TIMEOUT + 600,
+            "global_keyprefix": REDIS_KEY_PREFIX,
+        },
+        "result_backend_transport_options": {"global_keyprefix": REDIS_KEY_PREFIX},
         # A call carries its own deadline (the caller's timeout); these are the ceilings.
         "task_time_limit": MAX_EVAL_TIMEOUT + 60,
         "task_soft_time_limit": MAX_EVAL_TIMEOUT,

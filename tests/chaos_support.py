@@ -55,7 +55,7 @@ import kombu.exceptions
 import pytest
 import redis
 from callbacks_worker import READY_TIMEOUT, CallbacksWorker
-from helpers import HAPPY_LOG, REPO, wait_until
+from helpers import CALLBACKS_KEY, HAPPY_LOG, REPO, UNACKED_KEY, wait_until
 from portal_support import PORTAL_ENVIRONMENT
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -671,7 +671,7 @@ class Storm:
         reserved message is also in the worker's memory: the broker only keeps it to redeliver."""
         client = self.broker.client()
         try:
-            return client.llen("callbacks"), client.hlen("unacked")
+            return client.llen(CALLBACKS_KEY), client.hlen(UNACKED_KEY)
         finally:
             client.close()
 

@@ -179,7 +179,10 @@ class Portal:
 
     def sweep(self) -> dict:
         """Run ``toolcall.sweep`` on the worker, as beat would have it; returns its counts."""
-        return self.worker.celery.send_task("toolcall.sweep", queue="callbacks").get(timeout=WAIT)
+        # The sweep keeps no result unless asked to: here the test waits for it.
+        return self.worker.celery.send_task("toolcall.sweep", queue="callbacks", ignore_result=False).get(
+            timeout=WAIT
+        )
 
 
 def result_body(attempt: Attempt, token: str, **data) -> dict:

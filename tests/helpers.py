@@ -15,10 +15,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from celeryconfig import CALLBACKS_QUEUE, REDIS_KEY_PREFIX
+
 REPO = Path(__file__).resolve().parent.parent
 #: The Redis server of the tests (each suite has a database of its own on it). Another server, e.g.
 #: one started for a second run of the suite on the same machine: TOOLCALL_TEST_REDIS=redis://host:port
 TEST_REDIS = (os.environ.get("TOOLCALL_TEST_REDIS") or "redis://127.0.0.1:6379").rstrip("/")
+
+
+#: The Redis keys of the callbacks queue and of Celery's unacknowledged messages (every Celery key
+#: carries the project's prefix, celeryconfig.REDIS_KEY_PREFIX).
+CALLBACKS_KEY = f"{REDIS_KEY_PREFIX}{CALLBACKS_QUEUE}"
+UNACKED_KEY = f"{REDIS_KEY_PREFIX}unacked"
 
 
 def suite_redis_url(db: int) -> str:

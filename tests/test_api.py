@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from helpers import CALLBACKS_KEY
 from portal_support import (
     add_client,
     add_tool,
@@ -216,7 +217,7 @@ def test_result_records_an_owed_fetch_and_queues_it(portal, redis_db):
     with portal.extensions["db"].session() as session:
         fetch = session.scalar(select(ResultFetch))
         assert (fetch.token, fetch.state, fetch.client.name) == ("R1", "owed", "vendor")
-    assert redis_db.llen("callbacks") == 1  # the trigger, on the callbacks queue
+    assert redis_db.llen(CALLBACKS_KEY) == 1  # the trigger, on the callbacks queue
 
 
 def test_a_repeated_result_report_queues_nothing_new(portal, redis_db):
@@ -225,7 +226,7 @@ def test_a_repeated_result_report_queues_nothing_new(portal, redis_db):
         assert client.get("/result/?access_token=R1&client=vendor").status_code == 200
     with portal.extensions["db"].session() as session:
         assert len(session.scalars(select(ResultFetch)).all()) == 1
-    assert redis_db.llen("callbacks") == 1
+    assert redis_db.llen(CALLBACKS_KEY) == 1
 
 
 def test_a_report_after_a_failed_fetch_reopens_it(portal, redis_db):
@@ -236,7 +237,7 @@ def test_a_report_after_a_failed_fetch_reopens_it(portal, redis_db):
     assert client.get("/result/?access_token=R1&client=vendor").status_code == 200
     with portal.extensions["db"].session() as session:
         assert session.scalar(select(ResultFetch)).state == "owed"
-    assert redis_db.llen("callbacks") == 2
+    assert redis_db.llen(CALLBACKS_KEY) == 2
 
 
 def test_a_browser_reporting_a_result_sees_a_page_that_refreshes_until_stored(portal):

@@ -53,7 +53,7 @@ from chaos_support import (
     spread,
     variant,
 )
-from helpers import pid_gone, wait_until, write_tools
+from helpers import CALLBACKS_KEY, UNACKED_KEY, pid_gone, wait_until, write_tools
 from portal_support import scratch_postgres_database, unavailable
 from sqlalchemy.engine import make_url
 from worker_support import counter, eval_in_thread, is_below, probe
@@ -241,7 +241,7 @@ def test_every_result_is_stored_although_the_broker_is_wiped_mid_storm(broker, s
         client = broker.client()
         try:
             wipe = client.pipeline(transaction=True)  # counted and wiped at once
-            queued, reserved, _ = wipe.llen("callbacks").hlen("unacked").flushall().execute()
+            queued, reserved, _ = wipe.llen(CALLBACKS_KEY).hlen(UNACKED_KEY).flushall().execute()
         finally:
             client.close()
         wipes.append({"at_stored": mark, "queued_lost": queued, "reserved": reserved})

@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timedelta
 
 import pytest
+from helpers import CALLBACKS_KEY
 from portal_support import (
     REDIS_URL,
     add_client,
@@ -327,7 +328,7 @@ def test_retry_from_the_dashboard_reopens_the_fetch_and_returns_to_the_dashboard
     back = re.search(r'name="next" value="([^"]+)"', client.get("/ops/").data.decode()).group(1)
     response = retry(client, fetch_id, "/ops/", next=back)
     assert (response.status_code, response.headers["Location"]) == (303, "/ops/")
-    assert get_fetch(ops, fetch_id).state == "owed" and redis_db.llen("callbacks") == 1
+    assert get_fetch(ops, fetch_id).state == "owed" and redis_db.llen(CALLBACKS_KEY) == 1
     html = client.get("/ops/").data.decode()
     assert f"Result fetch {fetch_id} is owed again and queued." in html
     assert count_cell(html, "fetches-owed") == 1 and count_cell(html, "fetches-failed") == 0
@@ -486,7 +487,7 @@ def test_retry_reopens_a_failed_fetch(ops):
 def test_retry_puts_the_fetch_task_on_the_callbacks_queue(ops, redis_db):
     fetch_id = new_fetch(ops, state="failed")
     retry(logged_in(ops, *OPERATOR), fetch_id)
-    [message] = [json.loads(raw) for raw in redis_db.lrange("callbacks", 0, -1)]
+    [message] = [json.loads(raw) for raw in redis_db.lrange(CALLBACKS_KEY, 0, -1)]
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert (message["headers"]["task"], args) == ("toolcall.fetch_result", [fetch_id])
 
@@ -519,7 +520,7 @@ def test_retry_without_a_csrf_token_is_refused(ops, redis_db):
     fetch_id = new_fetch(ops, state="failed")
     response = logged_in(ops, *OPERATOR).post(f"/ops/fetches/{fetch_id}/retry")
     assert response.status_code == 400
-    assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen("callbacks") == 0
+    assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen(CALLBACKS_KEY) == 0
 
 
 def test_retry_by_a_user_who_is_not_an_admin_is_refused(ops, redis_db):
@@ -527,14 +528,14 @@ def test_retry_by_a_user_who_is_not_an_admin_is_refused(ops, redis_db):
     client = logged_in(ops, "candidate", "secret")
     response = client.post(f"/ops/fetches/{fetch_id}/retry", data={"csrf_token": csrf(client.get("/").data)})
     assert response.status_code == 403
-    assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen("callbacks") == 0
+    assert get_fetch(ops, fetch_id).state == "failed" and redis_db.llen(CALLBACKS_KEY) == 0
 
 
 def test_retry_of_a_fetch_that_is_not_failed_changes_nothing(ops, redis_db):
     fetch_id = new_fetch(ops, state="done", last_error="")
     client = logged_in(ops, *OPERATOR)
     retry(client, fetch_id)
-    assert get_fetch(ops, fetch_id).state == "done" and redis_db.llen("callbacks") == 0
+    assert get_fetch(ops, fetch_id).state == "done" and redis_db.llen(CALLBACKS_KEY) == 0
     assert "is done, not failed" in client.get("/ops/fetches/").data.decode()
 
 

@@ -38,7 +38,7 @@ from fetch_support import (
     result_body,
     running_portal,
 )
-from helpers import HAPPY_LOG, suite_redis_url, wait_until
+from helpers import CALLBACKS_KEY, HAPPY_LOG, suite_redis_url, wait_until
 from portal_support import scratch_postgres_schema
 from sqlalchemy import select
 from vendor_stub import Answer, VendorStub
@@ -510,8 +510,8 @@ def test_the_sweep_fetches_a_result_whose_message_the_broker_lost(portal):
     try:
         portal.report(vendor, token)  # while no worker consumes
         # A read the worker had under way when it stopped consuming hands its message back.
-        wait_until(lambda: portal.broker.llen("callbacks") == 1, timeout=WAIT, what="the message queued")
-        portal.broker.delete("callbacks")  # the broker loses every queued message
+        wait_until(lambda: portal.broker.llen(CALLBACKS_KEY) == 1, timeout=WAIT, what="the message queued")
+        portal.broker.delete(CALLBACKS_KEY)  # the broker loses every queued message
     finally:
         assert control.add_consumer("callbacks", destination=destination, reply=True)
     assert portal.fetch(vendor, token).state == "owed" and portal.requests(vendor) == []

@@ -80,6 +80,14 @@ def test_a_call_is_known_by_its_tool_in_flower_and_the_worker_statistics(bus):
     assert "toolbus.eval:calc" in names, names
 
 
+def test_another_celery_app_on_the_same_redis_database_does_not_see_our_workers(bus):
+    """Celery's keys carry the project's prefix: a project of its own on the same Redis database
+    (database 0 is everybody's default) neither sees our workers nor gets our tasks."""
+    ours = bus.app.control.inspect(timeout=2).stats() or {}
+    stranger = celery.Celery("stranger", broker=bus.app.conf.broker_url, backend=bus.app.conf.result_backend)
+    assert ours and not (stranger.control.inspect(timeout=2).stats() or {})
+
+
 def test_do_returns_at_once_and_runs_as_a_task(bus):
     task_id = bus.do("counter", "poke")
     assert isinstance(task_id, str)
