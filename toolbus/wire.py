@@ -2,7 +2,7 @@
 
 Bytes go in through ``receive_data``, messages come out of ``next_message``; messages to send are
 turned into bytes by ``send``. Nothing here touches a socket or a process: the socket code in
-``toolbus.instances`` (bus side) and ``toolbus.adapter`` (tool side) is a thin shell around this.
+``toolbus.external`` (bus side) and ``toolbus.adapter`` (tool side) is a thin shell around this.
 
 Framing: every message is ``LLLLLLLLLLL:`` + the ATerm text in UTF-8, where the 11 zero-padded
 decimal digits give the length in bytes of the whole message, header included.
