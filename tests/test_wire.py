@@ -16,6 +16,7 @@ from toolbus.wire import (
     Do,
     Eval,
     Event,
+    EventGate,
     FrameReader,
     Signature,
     Terminate,
@@ -308,3 +309,31 @@ def test_terminate_from_every_live_state(state):
 def test_nothing_can_be_sent_once_closed():
     with pytest.raises(ProtocolError, match="cannot send Terminate to tool calc in state closed"):
         bus_in(S.CLOSED).send(Terminate("stop"))
+
+
+# ---- events: at most one unacknowledged per symbol ---------------------------------------------------
+
+
+def test_the_first_event_of_a_symbol_passes_and_later_ones_wait_for_its_ack_in_order():
+    gate = EventGate()
+    assert gate.admit(parse("e(1)"), "first")
+    assert not gate.admit(parse("e(2)"), "second")
+    assert not gate.admit(parse("e(3)"), "third")
+    assert gate.acknowledged(parse("e(1)")) == "second"
+    assert gate.acknowledged(parse("e(2)")) == "third"
+    assert gate.acknowledged(parse("e(3)")) is None
+    assert gate.admit(parse("e(4)"), "fourth")
+
+
+def test_events_of_different_symbols_do_not_wait_for_each_other():
+    gate = EventGate()
+    for text in ("e(1)", "e(1,2)", '"e"(1)', "f(1)", "e", "[e]"):
+        assert gate.admit(parse(text), text)
+
+
+def test_events_of_a_replaced_tool_are_forgotten():
+    gate = EventGate()
+    assert gate.admit(parse("e(1)"), "first")
+    assert not gate.admit(parse("e(2)"), "second")
+    gate.clear()
+    assert gate.admit(parse("e(3)"), "third")

@@ -234,6 +234,15 @@ class ExternalTool(ToolInstance):
                  conn: wire.BusSide, tail: deque[str]) -> None:  # fmt: skip
         """Read the tool's socket, stdout and stderr until the connection ends; then report."""
         tool_log = logging.getLogger(f"toolbus.tool.{self.name}")
+
+        def output(kind: str, line: str) -> None:
+            """A line the tool wrote: stderr lines are warnings and go into the crash report's tail."""
+            if kind == "stderr":
+                tail.append(line)
+                tool_log.warning("%s", line)
+            else:
+                tool_log.info("%s", line)
+
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ, "sock")
         for stream, kind in ((process.stdout, "stdout"), (process.stderr, "stderr")):
@@ -265,21 +274,12 @@ class ExternalTool(ToolInstance):
                         lines = (partial[kind] + chunk).split(b"\n")
                         partial[kind] = lines.pop()
                         for line in lines:
-                            text = line.decode("utf-8", "replace")
-                            if kind == "stderr":
-                                tail.append(text)
-                                tool_log.warning("%s", text)
-                            else:
-                                tool_log.info("%s", text)
+                            output(kind, line.decode("utf-8", "replace"))
             status = reap(process, broke_protocol=isinstance(problem, ProtocolError))
             for stream, kind in ((process.stderr, "stderr"), (process.stdout, "stdout")):
                 rest = partial[kind] + read_available(stream)
                 for line in rest.decode("utf-8", "replace").splitlines():
-                    if kind == "stderr":
-                        tail.append(line)
-                        tool_log.warning("%s", line)
-                    else:
-                        tool_log.info("%s", line)
+                    output(kind, line)
             text = "\n".join(tail)
             message = f"{problem}; {status_text(status)}" + (f"; stderr:\n{text}" if text else "")
             self._crashed(generation, type(problem)(message, status, text))

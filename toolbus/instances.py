@@ -37,7 +37,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from toolbus.aterm import ATerm, ATermAppl, Environment, parse, term
+from toolbus import wire
+from toolbus.aterm import ATerm, Environment, as_term, parse
 from toolbus.descriptors import ToolDescriptor
 from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout, TransactionError
 from toolbus.signatures import Signature
@@ -69,19 +70,8 @@ class _Offer:
     term: ATerm  # exactly as the tool sent it
     signature: Signature
     generation: int
-    symbol: tuple
     tool_id: int | None  # the running tool that emitted it
     taken_by: Any = None
-
-
-def _symbol(t: ATerm) -> tuple:
-    if isinstance(t, ATermAppl):
-        return (t.name, len(t.args), t.quoted)
-    return (str(t), 0, False)
-
-
-def _as_term(value: ATerm | str) -> ATerm:
-    return parse(value) if isinstance(value, str) else term(value)
 
 
 class ToolInstance:
@@ -106,8 +96,7 @@ class ToolInstance:
         self._alive = False
         self._terminated = False
         self._offers: list[_Offer] = []
-        self._held: dict[tuple, deque[tuple[ATerm, Signature]]] = {}
-        self._unacked: set[tuple] = set()
+        self._gate: wire.EventGate[tuple[ATerm, Signature]] = wire.EventGate()
         self._event_errors: deque[SignatureError] = deque()
 
     def __repr__(self) -> str:
@@ -118,7 +107,7 @@ class ToolInstance:
 
     def snd_eval_to_tool(self, id: Any, call: ATerm | str, timeout: float | None = None) -> None:
         """Send an eval under transaction ``id``; its value is taken with ``get_value_from_tool``."""
-        call = _as_term(call)
+        call = as_term(call)
         sig = self.signatures.check_eval(call)
         self._submit(Transaction(id, "eval", call, sig, _deadline(timeout)))
 
@@ -144,7 +133,7 @@ class ToolInstance:
 
     def snd_do_to_tool(self, id: Any, call: ATerm | str) -> None:
         """Send a do under transaction ``id`` (no value; the id is finished when the tool is done)."""
-        call = _as_term(call)
+        call = as_term(call)
         sig = self.signatures.check_do(call)
         self._submit(Transaction(id, "do", call, sig, None))
 
@@ -167,7 +156,7 @@ class ToolInstance:
 
     def snd_ack_to_tool(self, id: Any, result: ATerm | str) -> None:
         """Acknowledge the event taken under ``id``; the next held event of its symbol is offered."""
-        result = _as_term(result)
+        result = as_term(result)
         with self._cond:
             txn = self._transaction(id, "event")
             offer = txn.offer
@@ -182,7 +171,7 @@ class ToolInstance:
             try:
                 self._send_ack(offer.term, result)
             finally:
-                self._release(offer.symbol)  # the ack was given: even a failing receiver frees the symbol
+                self._release(offer.term)  # the ack was given: even a failing receiver frees the symbol
 
     def terminate(self, id: Any = None, msg: str = "") -> None:
         """Stop the tool for good; returns once it has exited (killed after a short grace period)."""
@@ -217,7 +206,7 @@ class ToolInstance:
         With ``wait``, return once the tool has done it, raising its error (the Celery task of a do
         waits, so that a failed do shows as a failed task and recycling counts it).
         """
-        call = _as_term(call)
+        call = as_term(call)
         txn = Transaction(object(), "do", call, self.signatures.check_do(call), _deadline(timeout))
         self._submit(txn)
         if wait:
@@ -309,9 +298,7 @@ class ToolInstance:
         while self._current is None and self._outbox and not self._terminated:
             txn = self._outbox.popleft()
             if txn.deadline is not None and time.monotonic() >= txn.deadline:
-                self._complete(
-                    txn, error=ToolTimeout(f"tool {self.name}: {txn.call} timed out before it was sent")
-                )
+                self._expire(txn)
                 continue
             try:
                 restart = self.descriptor.restart_frequency
@@ -385,9 +372,11 @@ class ToolInstance:
             self._restart_for_events()
         else:
             self._outbox.remove(txn)
-            self._complete(
-                txn, error=ToolTimeout(f"tool {self.name}: {txn.call} timed out before it was sent")
-            )
+            self._expire(txn)
+
+    def _expire(self, txn: Transaction) -> None:
+        """A request still queued at its deadline fails without ever being sent (lock held)."""
+        self._complete(txn, error=ToolTimeout(f"tool {self.name}: {txn.call} timed out before it was sent"))
 
     # ---- events ------------------------------------------------------------------------------------
 
@@ -403,30 +392,25 @@ class ToolInstance:
                 self._event_errors.append(e)
                 self._cond.notify_all()
                 return
-            symbol = _symbol(event)
-            if symbol in self._unacked:
+            if not self._gate.admit(event, (event, sig)):
                 log.debug("tool %s: event %s held back until the previous one is acked", self.name, event)
-                self._held.setdefault(symbol, deque()).append((event, sig))
                 return
-            self._unacked.add(symbol)
-            self._offers.append(_Offer(event, sig, generation, symbol, self.tool_id))
+            self._offers.append(_Offer(event, sig, generation, self.tool_id))
             self._cond.notify_all()
 
-    def _release(self, symbol: tuple) -> None:
-        self._unacked.discard(symbol)
-        held = self._held.get(symbol)
-        if held:
-            event, sig = held.popleft()
-            self._unacked.add(symbol)
-            self._offers.append(_Offer(event, sig, self._generation, symbol, self.tool_id))
+    def _release(self, acked: ATerm) -> None:
+        """An event was acked: the next one held back behind it, if any, is offered."""
+        held = self._gate.acknowledged(acked)
+        if held is not None:
+            event, sig = held
+            self._offers.append(_Offer(event, sig, self._generation, self.tool_id))
             self._cond.notify_all()
 
     def _new_generation(self) -> None:
         """The tool was replaced: its untaken events leave the offer, held ones are dropped."""
         self._generation += 1
         self._offers = [o for o in self._offers if o.taken_by is not None]
-        self._held.clear()
-        self._unacked.clear()
+        self._gate.clear()
 
     # ---- start, stop, crash ------------------------------------------------------------------------
 

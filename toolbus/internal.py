@@ -13,10 +13,10 @@ import queue
 import threading
 from typing import Any
 
-from toolbus.aterm import ATerm
+from toolbus.aterm import ATerm, as_term
 from toolbus.descriptors import ToolDescriptor, takes_bus
 from toolbus.errors import SignatureError, ToolCrashed, ToolError
-from toolbus.instances import ToolInstance, Transaction, _as_term
+from toolbus.instances import ToolInstance, Transaction
 from toolbus.signatures import from_python, to_python
 
 # Tool instances of every kind log under one name, so that a filter on it sees their whole life.
@@ -31,7 +31,7 @@ class _BusHandle:
         self._generation = generation
 
     def emit(self, event: ATerm | str | Any) -> None:
-        self._instance._event(self._generation, _as_term(event))
+        self._instance._event(self._generation, as_term(event))
 
 
 class InternalTool(ToolInstance):

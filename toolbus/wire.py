@@ -9,12 +9,16 @@ decimal digits give the length in bytes of the whole message, header included.
 
 The tool's state as the bus sees it is one table, ``TRANSITIONS``: (state, message) -> next state.
 A message the table does not allow in the current state is a ``ProtocolError``.
+
+Events flow under one more rule, ``EventGate``: at most one unacknowledged event per event symbol.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from toolbus.aterm import ATerm, ATermAppl, ATermInt, ATermList, ParseError, _appl, _list, parse
 from toolbus.errors import ProtocolError, SignatureError
@@ -381,3 +385,54 @@ class ToolSide:
         if not isinstance(message, _BUS_MESSAGES):
             raise ProtocolError(f"the bus sent a tool message: {str(t)[:200]}")
         return message
+
+
+# --------------------------------------------------------------------------------------------------
+# Events: at most one unacknowledged event per event symbol
+
+_Held = TypeVar("_Held")
+
+
+def event_symbol(event: ATerm) -> tuple:
+    """An event's symbol, (name, arity, quoted); a term that is no application is its own symbol."""
+    if isinstance(event, ATermAppl):
+        return (event.name, len(event.args), event.quoted)
+    return (str(event), 0, False)
+
+
+class EventGate(Generic[_Held]):
+    """The rule that a tool has at most one unacknowledged event per event symbol.
+
+    The earliest event of a symbol passes; later ones of that symbol are held back, in order, until
+    it is acknowledged, and then the next one passes. Both ends keep the rule: the tool side
+    (``toolbus.adapter``) holds its own events back, and the bus (``toolbus.instances``) holds back
+    any a tool sends early. What is held is up to the caller: the event, or the event with its
+    signature.
+    """
+
+    def __init__(self) -> None:
+        # symbol -> what waits behind its unacknowledged event; a symbol is here while it has one
+        self._waiting: dict[tuple, deque[_Held]] = {}
+
+    def admit(self, event: ATerm, held: _Held) -> bool:
+        """True when ``event`` passes now; otherwise ``held`` waits for the symbol's acknowledgement."""
+        symbol = event_symbol(event)
+        waiting = self._waiting.get(symbol)
+        if waiting is None:
+            self._waiting[symbol] = deque()
+            return True
+        waiting.append(held)
+        return False
+
+    def acknowledged(self, event: ATerm) -> _Held | None:
+        """``event`` was acknowledged: what waited next behind it, which passes now; None if nothing."""
+        symbol = event_symbol(event)
+        waiting = self._waiting.get(symbol)
+        if waiting:
+            return waiting.popleft()
+        self._waiting.pop(symbol, None)
+        return None
+
+    def clear(self) -> None:
+        """Forget every event, passed or waiting (the tool that emitted them was replaced)."""
+        self._waiting.clear()
