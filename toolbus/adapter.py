@@ -120,12 +120,12 @@ def run(tool: type | Any, argv: list[str] | None = None) -> None:
 
 def _serve(tool: Any, bus: ToolConnection, name: str, tool_id: int) -> None:
     bus.send(wire.Connect(name, tool_id))
-    signature = bus.receive()
-    if not isinstance(signature, wire.Signature):
-        raise SystemExit(f"{name}: expected the signature from the bus, got {signature}")
+    interface = bus.receive()
+    if not isinstance(interface, wire.Interface):
+        raise SystemExit(f"{name}: expected the signature from the bus, got {interface}")
     # (name, arity) -> argument types, from the rec-eval(P)/rec-do(P) patterns of the signature
     types = {}
-    for entry in signature.inputs:
+    for entry in interface.inputs:
         pattern = entry.args[0]
         types[(pattern.name, len(pattern.args))] = pattern.args
     bus._accept_signature()

@@ -150,7 +150,7 @@ class ExternalTool(ToolInstance):
                 ATermAppl("rec-do", [s.pattern]) for s in sigs.dos
             )
             outputs = tuple(ATermAppl("snd-event", [s.pattern]) for s in sigs.events)
-            sock.sendall(conn.send(wire.Signature(inputs, outputs)))
+            sock.sendall(conn.send(wire.Interface(inputs, outputs)))
             message = self._read_message(sock, conn)
             if isinstance(message, wire.Disconnect):
                 raise self._start_failure(self._process, "refused its signature (disconnected)")

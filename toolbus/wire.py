@@ -104,8 +104,13 @@ class Connect:
 
 
 @dataclass(frozen=True)
-class Signature:
-    """bus -> tool, first: ``rec-do(signature([rec-eval(P)..., rec-do(P)...], [snd-event(E)...]))``."""
+class Interface:
+    """bus -> tool, first: ``rec-do(signature([rec-eval(P)..., rec-do(P)...], [snd-event(E)...]))``.
+
+    The tool's whole interface: every call it may receive and every event it may send, which it
+    accepts with ``snd-void``. Not called Signature: a ``toolbus.signatures.Signature`` is one
+    declared eval, do or event, and this message carries them all.
+    """
 
     inputs: tuple[ATerm, ...]  # rec-eval(P) and rec-do(P) terms
     outputs: tuple[ATerm, ...]  # snd-event(E) terms
@@ -164,8 +169,8 @@ class Disconnect:
     """tool -> bus: ``snd-disconnect``, or the connection closed."""
 
 
-Message = Connect | Signature | Eval | Do | Value | Void | Event | Ack | Terminate | Disconnect
-_BUS_MESSAGES = (Signature, Eval, Do, Ack, Terminate)  # the rest come from the tool
+Message = Connect | Interface | Eval | Do | Value | Void | Event | Ack | Terminate | Disconnect
+_BUS_MESSAGES = (Interface, Eval, Do, Ack, Terminate)  # the rest come from the tool
 
 
 def to_term(message: Message) -> ATerm:
@@ -186,7 +191,7 @@ def to_term(message: Message) -> ATerm:
         return _appl("rec-terminate", (_appl(message.message, (), True),), False)
     if isinstance(message, Connect):
         return _appl("snd-connect", (_appl(message.tool_name, (), False), ATermInt(message.tool_id)), False)
-    if isinstance(message, Signature):
+    if isinstance(message, Interface):
         sig = _appl("signature", (_list(message.inputs), _list(message.outputs)), False)
         return _appl("rec-do", (sig,), False)
     if isinstance(message, Disconnect):
@@ -214,7 +219,7 @@ def from_term(t: ATerm) -> Message:
                 and len(sig.args) == 2
                 and all(isinstance(a, ATermList) for a in sig.args)
             ):
-                return Signature(tuple(sig.args[0]), tuple(sig.args[1]))
+                return Interface(tuple(sig.args[0]), tuple(sig.args[1]))
             return Do(sig)
         if name == "rec-ack-event" and len(args) == 2:
             return Ack(args[0], args[1])
@@ -252,10 +257,10 @@ class ToolState(Enum):
 
 S = ToolState
 #: (state, message type) -> next state. Sent and received messages share the table: their types
-#: never overlap (Eval/Do/Ack/Signature/Terminate go to the tool; the rest come from it).
+#: never overlap (Eval/Do/Ack/Interface/Terminate go to the tool; the rest come from it).
 TRANSITIONS: dict[tuple[ToolState, type], ToolState] = {
     (S.CONNECTING, Connect): S.CONNECTED,
-    (S.CONNECTED, Signature): S.HANDSHAKE,
+    (S.CONNECTED, Interface): S.HANDSHAKE,
     (S.HANDSHAKE, Void): S.READY,
     (S.READY, Eval): S.BLOCKED_EVAL,
     (S.READY, Do): S.BLOCKED_DO,
