@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from toolbus.aterm import ATerm, parse, term
+from toolbus.aterm import ATerm, as_term, parse, term
 
 SAMPLES = [
     "42",
@@ -242,6 +242,13 @@ def test_term_of_an_aterm_is_itself():
 def test_term_result_is_an_aterm():
     for value in (1, 2.5, True, "s", [1]):
         assert isinstance(term(value), ATerm)
+
+
+def test_as_term_reads_text_and_converts_python_values():
+    assert as_term("f(1, [a])") == parse("f(1,[a])")
+    assert as_term(parse("a")) == parse("a")
+    assert as_term(3) == parse("3")
+    assert as_term(["x", True]) == parse('["x",true]')
 
 
 # --------------------------------------------------------------------------------------------------

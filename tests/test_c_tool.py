@@ -22,7 +22,7 @@ from toolbus.wire import (
     Disconnect,
     Do,
     Eval,
-    Signature,
+    Interface,
     Terminate,
     ToolState,
     Value,
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.process
 
 SOURCE = Path(__file__).resolve().parent.parent / "examples" / "tools" / "c" / "strtool.c"
 TIMEOUT = 10  # seconds, for every socket operation and every wait for the process
-SIGNATURE = Signature(
+INTERFACE = Interface(
     (parse("rec-eval(reverse(<str>))"), parse("rec-eval(length(<str>))"), parse("rec-do(log(<str>))")),
     (),
 )
@@ -107,7 +107,7 @@ class Tool:
 
     def handshake(self) -> None:
         assert self.receive() == Connect("strtool", 7)
-        self.send(SIGNATURE)
+        self.send(INTERFACE)
         assert self.receive() == Void()
         assert self.bus.state is ToolState.READY
 

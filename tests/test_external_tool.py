@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from helpers import REPO, group_gone, pid_gone, script_command, wait_until, write_tools
 
-from toolbus import instances, load_tools, start_tool
+from toolbus import external, load_tools, start_tool
 from toolbus.aterm import Environment, parse
 from toolbus.errors import (
     ProtocolError,
@@ -25,7 +25,7 @@ from toolbus.errors import (
     ToolTimeout,
     TransactionError,
 )
-from toolbus.instances import ExternalTool
+from toolbus.external import ExternalTool
 from toolbus.wire import ToolState
 
 pytestmark = pytest.mark.process
@@ -315,7 +315,7 @@ def test_tool_that_refuses_its_signature(start, mode):
     "mode, message", [("absent", "did not connect within 0.5 s"), ("silent", "did not finish the handshake")]
 )
 def test_tool_that_does_not_start_in_time(start, monkeypatch, mode, message):
-    monkeypatch.setattr(instances, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(external, "START_TIMEOUT", 0.5)
     with pytest.raises(ToolCrashed, match=message) as info:
         start(script_command("refuse.py", mode), ["eval(f, <int>)"])
     assert "killed by SIGKILL" in str(info.value)

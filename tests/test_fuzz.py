@@ -60,7 +60,7 @@ from toolbus.wire import (
     Eval,
     Event,
     FrameReader,
-    Signature,
+    Interface,
     ToolSide,
     ToolState,
     Value,
@@ -383,7 +383,7 @@ def test_a_call_without_utf8_text_is_refused_and_the_connection_stays_ready(text
     bus = BusSide("fuzzed")
     bus.receive_data(frame(to_term(Connect("fuzzed", 1))))
     assert drain(bus.next_message) == [Connect("fuzzed", 1)]
-    bus.send(Signature((), ()))
+    bus.send(Interface((), ()))
     bus.receive_data(frame(to_term(Void())))
     assert drain(bus.next_message) == [Void()]
     call = Eval(make("f(<str>)", text[:2] + surrogate + text[2:]))

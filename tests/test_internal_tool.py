@@ -22,7 +22,7 @@ from toolbus.errors import (
     ToolTimeout,
     TransactionError,
 )
-from toolbus.instances import InternalTool
+from toolbus.internal import InternalTool
 
 # ---- the tools -------------------------------------------------------------------------------------
 

@@ -16,19 +16,20 @@ from toolbus.wire import (
     Do,
     Eval,
     Event,
+    EventGate,
     FrameReader,
-    Signature,
+    Interface,
     Terminate,
     ToolSide,
+    ToolState,
     Value,
     Void,
     frame,
     from_term,
     to_term,
 )
-from toolbus.wire import ToolState as S
 
-SIGNATURE = Signature(
+INTERFACE = Interface(
     (parse("rec-eval(f(<int>))"), parse("rec-do(g(<str>))")), (parse("snd-event(e(<int>))"),)
 )
 
@@ -43,19 +44,23 @@ F1 = Eval(parse("f(1)"))
 GA = Do(parse('g("a")'))
 
 
-def bus_in(state: S) -> BusSide:
+def bus_in(state: ToolState) -> BusSide:
     """A BusSide taken along the normal life of a tool to ``state``."""
     bus = BusSide("calc")
-    if state is not S.CONNECTING:
+    if state is not ToolState.CONNECTING:
         assert say(bus, "snd-connect(calc, 1)") == Connect("calc", 1)
-    if state not in (S.CONNECTING, S.CONNECTED):
-        bus.send(SIGNATURE)
-    if state not in (S.CONNECTING, S.CONNECTED, S.HANDSHAKE):
+    if state not in (ToolState.CONNECTING, ToolState.CONNECTED):
+        bus.send(INTERFACE)
+    if state not in (ToolState.CONNECTING, ToolState.CONNECTED, ToolState.HANDSHAKE):
         assert say(bus, "snd-void") == Void()
-    last = {S.BLOCKED_EVAL: F1, S.BLOCKED_DO: GA, S.CLOSING: Terminate("bye")}.get(state)
+    last = {
+        ToolState.BLOCKED_EVAL: F1,
+        ToolState.BLOCKED_DO: GA,
+        ToolState.CLOSING: Terminate("bye"),
+    }.get(state)
     if last is not None:
         bus.send(last)
-    if state is S.CLOSED:
+    if state is ToolState.CLOSED:
         say(bus, "snd-disconnect")
     assert bus.state is state
     return bus
@@ -101,7 +106,7 @@ def test_tool_messages_round_trip(message):
 
 @pytest.mark.parametrize(
     "message",
-    [SIGNATURE, F1, GA, Ack(parse("e(1)"), parse("ok")), Terminate("bye")],
+    [INTERFACE, F1, GA, Ack(parse("e(1)"), parse("ok")), Terminate("bye")],
 )
 def test_bus_messages_round_trip(message):
     assert from_term(to_term(message)) == message
@@ -111,18 +116,18 @@ def test_bus_messages_round_trip(message):
 
 
 def test_split_delivery_byte_by_byte():
-    bus = bus_in(S.HANDSHAKE)
+    bus = bus_in(ToolState.HANDSHAKE)
     data = frame(parse("snd-void"))
     for i, byte in enumerate(data):
         assert bus.next_message() is None, i
         bus.receive_data(bytes([byte]))
     assert bus.next_message() == Void()
     assert bus.next_message() is None
-    assert bus.state is S.READY
+    assert bus.state is ToolState.READY
 
 
 def test_several_messages_in_one_chunk():
-    bus = bus_in(S.READY)
+    bus = bus_in(ToolState.READY)
     fourth = frame(parse("snd-event(e(3))"))
     bus.receive_data(b"".join(frame(parse(f"snd-event(e({i}))")) for i in range(3)) + fourth[:4])
     assert [bus.next_message() for _ in range(3)] == [Event(parse(f"e({i})")) for i in range(3)]
@@ -171,12 +176,12 @@ def test_unknown_message_kind(text):
     with pytest.raises(ProtocolError, match="unknown message"):
         from_term(parse(text))
     with pytest.raises(ProtocolError, match="unknown message"):
-        say(bus_in(S.READY), text)
+        say(bus_in(ToolState.READY), text)
 
 
 def test_connect_needs_an_unquoted_name():
     with pytest.raises(ProtocolError, match="unknown message"):
-        say(bus_in(S.CONNECTING), 'snd-connect("calc", 1)')
+        say(bus_in(ToolState.CONNECTING), 'snd-connect("calc", 1)')
 
 
 def test_bus_may_not_send_tool_messages():
@@ -188,7 +193,7 @@ def test_bus_may_not_send_tool_messages():
 def test_tool_may_not_send_bus_messages():
     for text in ["rec-eval(f(1))", "rec-do(g(1))", "rec-ack-event(e(1), ok)", 'rec-terminate("x")']:
         with pytest.raises(ProtocolError, match="sent a bus message"):
-            say(bus_in(S.READY), text)
+            say(bus_in(ToolState.READY), text)
     tool = ToolSide()
     tool.receive_data(frame(parse("snd-void")))
     with pytest.raises(ProtocolError, match="the bus sent a tool message"):
@@ -197,31 +202,31 @@ def test_tool_may_not_send_bus_messages():
 
 def test_value_when_no_eval_is_pending():
     with pytest.raises(ProtocolError, match=r"tool calc sent snd-value\(1\) in state ready; expected"):
-        say(bus_in(S.READY), "snd-value(1)")
+        say(bus_in(ToolState.READY), "snd-value(1)")
 
 
 def test_value_during_a_do():
-    bus = bus_in(S.READY)
+    bus = bus_in(ToolState.READY)
     bus.send(GA)
     with pytest.raises(ProtocolError, match=r"snd-value\(1\) in state blocked-do; expected snd-void"):
         say(bus, "snd-value(1)")
 
 
 def test_void_during_an_eval():
-    bus = bus_in(S.READY)
+    bus = bus_in(ToolState.READY)
     bus.send(F1)
     with pytest.raises(ProtocolError, match="snd-void in state blocked-eval; expected snd-value"):
         say(bus, "snd-void")
 
 
-@pytest.mark.parametrize("state", [S.CONNECTING, S.CONNECTED, S.HANDSHAKE])
+@pytest.mark.parametrize("state", [ToolState.CONNECTING, ToolState.CONNECTED, ToolState.HANDSHAKE])
 def test_events_before_the_handshake(state):
     with pytest.raises(ProtocolError, match=rf"sent snd-event\(e\(1\)\) in state {state.value}"):
         say(bus_in(state), "snd-event(e(1))")
 
 
 def test_connection_closed_mid_message():
-    bus = bus_in(S.READY)
+    bus = bus_in(ToolState.READY)
     bus.receive_data(frame(parse("snd-event(e(1))"))[:-1])
     bus.receive_data(b"")
     with pytest.raises(ProtocolError, match="closed the connection in the middle of a message"):
@@ -229,10 +234,10 @@ def test_connection_closed_mid_message():
 
 
 def test_bus_may_not_send_out_of_turn():
-    bus = bus_in(S.CONNECTED)
+    bus = bus_in(ToolState.CONNECTED)
     with pytest.raises(ProtocolError, match="cannot send Eval to tool calc in state connected"):
         bus.send(F1)
-    bus = bus_in(S.READY)
+    bus = bus_in(ToolState.READY)
     bus.send(F1)
     with pytest.raises(ProtocolError, match="cannot send Do to tool calc in state blocked-eval"):
         bus.send(GA)  # one request at a time
@@ -244,35 +249,35 @@ def test_bus_may_not_send_out_of_turn():
 
 def test_full_life():
     bus = BusSide("calc")
-    assert bus.state is S.CONNECTING
+    assert bus.state is ToolState.CONNECTING
     assert bus.next_message() is None
     assert say(bus, "snd-connect(calc, 1)") == Connect("calc", 1)
-    assert bus.state is S.CONNECTED
-    assert bus.send(SIGNATURE) == frame(
+    assert bus.state is ToolState.CONNECTED
+    assert bus.send(INTERFACE) == frame(
         parse("rec-do(signature([rec-eval(f(<int>)),rec-do(g(<str>))],[snd-event(e(<int>))]))")
     )
-    assert bus.state is S.HANDSHAKE
+    assert bus.state is ToolState.HANDSHAKE
     assert say(bus, "snd-void") == Void()
-    assert bus.state is S.READY
+    assert bus.state is ToolState.READY
     assert bus.send(F1) == frame(parse("rec-eval(f(1))"))
-    assert bus.state is S.BLOCKED_EVAL
+    assert bus.state is ToolState.BLOCKED_EVAL
     assert say(bus, "snd-value(2)") == Value(parse("2"))
-    assert bus.state is S.READY
+    assert bus.state is ToolState.READY
     assert bus.send(GA) == frame(parse('rec-do(g("a"))'))
-    assert bus.state is S.BLOCKED_DO
+    assert bus.state is ToolState.BLOCKED_DO
     assert say(bus, "snd-void") == Void()
-    assert bus.state is S.READY
+    assert bus.state is ToolState.READY
     assert bus.send(Terminate("bye")) == frame(parse('rec-terminate("bye")'))
-    assert bus.state is S.CLOSING
+    assert bus.state is ToolState.CLOSING
     assert say(bus, "snd-event(e(9))") == Event(parse("e(9)"))  # late words of the tool are dropped
-    assert bus.state is S.CLOSING
+    assert bus.state is ToolState.CLOSING
     bus.receive_data(b"")
     assert bus.next_message() == Disconnect()
-    assert bus.state is S.CLOSED
+    assert bus.state is ToolState.CLOSED
     assert bus.next_message() is None
 
 
-@pytest.mark.parametrize("state", [S.READY, S.BLOCKED_EVAL, S.BLOCKED_DO])
+@pytest.mark.parametrize("state", [ToolState.READY, ToolState.BLOCKED_EVAL, ToolState.BLOCKED_DO])
 def test_events_and_acks_while_ready_or_blocked(state):
     bus = bus_in(state)
     assert say(bus, "snd-event(e(1))") == Event(parse("e(1)"))
@@ -282,29 +287,65 @@ def test_events_and_acks_while_ready_or_blocked(state):
 
 
 @pytest.mark.parametrize(
-    "state", [S.CONNECTING, S.HANDSHAKE, S.READY, S.BLOCKED_EVAL, S.BLOCKED_DO, S.CLOSING]
+    "state",
+    [
+        ToolState.CONNECTING,
+        ToolState.HANDSHAKE,
+        ToolState.READY,
+        ToolState.BLOCKED_EVAL,
+        ToolState.BLOCKED_DO,
+        ToolState.CLOSING,
+    ],
 )
 def test_disconnect_on_eof(state):
     bus = bus_in(state)
     bus.receive_data(b"")
     assert bus.next_message() == Disconnect()
-    assert bus.state is S.CLOSED
+    assert bus.state is ToolState.CLOSED
     assert bus.next_message() is None
 
 
 def test_snd_disconnect():
-    bus = bus_in(S.READY)
+    bus = bus_in(ToolState.READY)
     assert say(bus, "snd-disconnect") == Disconnect()
-    assert bus.state is S.CLOSED
+    assert bus.state is ToolState.CLOSED
 
 
-@pytest.mark.parametrize("state", [s for s in S if s is not S.CLOSED])
+@pytest.mark.parametrize("state", [s for s in ToolState if s is not ToolState.CLOSED])
 def test_terminate_from_every_live_state(state):
     bus = bus_in(state)
     bus.send(Terminate("stop"))
-    assert bus.state is S.CLOSING
+    assert bus.state is ToolState.CLOSING
 
 
 def test_nothing_can_be_sent_once_closed():
     with pytest.raises(ProtocolError, match="cannot send Terminate to tool calc in state closed"):
-        bus_in(S.CLOSED).send(Terminate("stop"))
+        bus_in(ToolState.CLOSED).send(Terminate("stop"))
+
+
+# ---- events: at most one unacknowledged per symbol ---------------------------------------------------
+
+
+def test_the_first_event_of_a_symbol_passes_and_later_ones_wait_for_its_ack_in_order():
+    gate = EventGate()
+    assert gate.admit(parse("e(1)"), "first")
+    assert not gate.admit(parse("e(2)"), "second")
+    assert not gate.admit(parse("e(3)"), "third")
+    assert gate.acknowledged(parse("e(1)")) == "second"
+    assert gate.acknowledged(parse("e(2)")) == "third"
+    assert gate.acknowledged(parse("e(3)")) is None
+    assert gate.admit(parse("e(4)"), "fourth")
+
+
+def test_events_of_different_symbols_do_not_wait_for_each_other():
+    gate = EventGate()
+    for text in ("e(1)", "e(1,2)", '"e"(1)', "f(1)", "e", "[e]"):
+        assert gate.admit(parse(text), text)
+
+
+def test_events_of_a_replaced_tool_are_forgotten():
+    gate = EventGate()
+    assert gate.admit(parse("e(1)"), "first")
+    assert not gate.admit(parse("e(2)"), "second")
+    gate.clear()
+    assert gate.admit(parse("e(3)"), "third")

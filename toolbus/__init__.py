@@ -14,7 +14,9 @@ from toolbus.errors import (
     ToolTimeout,
     TransactionError,
 )
-from toolbus.instances import ExternalTool, InternalTool, ToolInstance, start_tool
+from toolbus.external import ExternalTool
+from toolbus.instances import ToolInstance, start_tool
+from toolbus.internal import InternalTool
 
 __all__ = [
     "ATerm",

@@ -27,13 +27,12 @@ import socket
 import sys
 import threading
 import traceback
-from collections import deque
 from typing import Any
 
 from toolbus import wire
-from toolbus.aterm import ATerm, ATermAppl, parse, term
+from toolbus.aterm import ATerm, as_term, term
 from toolbus.descriptors import takes_bus
-from toolbus.signatures import to_python
+from toolbus.signatures import method_name, to_python
 
 
 def parse_arguments(argv: list[str]) -> dict[str, str]:
@@ -56,8 +55,7 @@ class ToolConnection:
         self._sock = sock
         self._side = wire.ToolSide()
         self._lock = threading.Lock()
-        self._unacked: set[tuple] = set()
-        self._held: dict[tuple, deque[ATerm]] = {}
+        self._gate: wire.EventGate[ATerm] = wire.EventGate()
         # Events may be sent only after the handshake; a tool that emits earlier (from its
         # constructor, or from a thread of its own) has them kept here until then.
         self._ready = False
@@ -70,13 +68,10 @@ class ToolConnection:
 
     def emit(self, event: ATerm | str | Any) -> None:
         """Send an event; held back while an earlier event of the same symbol is unacknowledged."""
-        event = parse(event) if isinstance(event, str) else term(event)
-        symbol = _symbol(event)
+        event = as_term(event)
         with self._lock:
-            if symbol in self._unacked:
-                self._held.setdefault(symbol, deque()).append(event)
+            if not self._gate.admit(event, event):
                 return
-            self._unacked.add(symbol)
             if not self._ready:
                 self._early.append(event)
                 return
@@ -92,13 +87,10 @@ class ToolConnection:
             self._early.clear()
 
     def _acked(self, event: ATerm) -> None:
-        symbol = _symbol(event)
         with self._lock:
-            held = self._held.get(symbol)
-            if held:
-                self._sock.sendall(self._side.send(wire.Event(held.popleft())))
-            else:
-                self._unacked.discard(symbol)
+            held = self._gate.acknowledged(event)
+            if held is not None:
+                self._sock.sendall(self._side.send(wire.Event(held)))
 
     def receive(self) -> wire.Message | None:
         """The next message from the bus; None when the connection has closed."""
@@ -110,10 +102,6 @@ class ToolConnection:
             if not data:
                 return None
             self._side.receive_data(data)
-
-
-def _symbol(t: ATerm) -> tuple:
-    return (t.name, len(t.args), t.quoted) if isinstance(t, ATermAppl) else (str(t), 0, False)
 
 
 def run(tool: type | Any, argv: list[str] | None = None) -> None:
@@ -132,12 +120,12 @@ def run(tool: type | Any, argv: list[str] | None = None) -> None:
 
 def _serve(tool: Any, bus: ToolConnection, name: str, tool_id: int) -> None:
     bus.send(wire.Connect(name, tool_id))
-    signature = bus.receive()
-    if not isinstance(signature, wire.Signature):
-        raise SystemExit(f"{name}: expected the signature from the bus, got {signature}")
+    interface = bus.receive()
+    if not isinstance(interface, wire.Interface):
+        raise SystemExit(f"{name}: expected the signature from the bus, got {interface}")
     # (name, arity) -> argument types, from the rec-eval(P)/rec-do(P) patterns of the signature
     types = {}
-    for entry in signature.inputs:
+    for entry in interface.inputs:
         pattern = entry.args[0]
         types[(pattern.name, len(pattern.args))] = pattern.args
     bus._accept_signature()
@@ -162,12 +150,11 @@ def _serve(tool: Any, bus: ToolConnection, name: str, tool_id: int) -> None:
 
 
 def _call(tool: Any, call: ATerm, types: tuple) -> Any:
-    method = getattr(tool, call.name.replace("-", "_"), None)
+    name = method_name(call.name)
+    method = getattr(tool, name, None)
     try:
         if method is None:
-            raise AttributeError(
-                f"{type(tool).__name__} has no method {call.name.replace('-', '_')}() for {call}"
-            )
+            raise AttributeError(f"{type(tool).__name__} has no method {name}() for {call}")
         args = [to_python(a, t) for a, t in zip(call.args, types)] if types else list(call.args)
         return method(*args)
     except Exception:

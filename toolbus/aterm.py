@@ -34,6 +34,8 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
     "ParseError",
+    "as_term",
+    "is_identifier",
     "is_open",
     "make",
     "parse",
@@ -65,6 +67,11 @@ class ParseError(ValueError):
 # Terms
 
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_\-+*$]*", re.ASCII)
+
+
+def is_identifier(name: str) -> bool:
+    """Whether ``name`` is an ATerm identifier: an ASCII letter, then letters, digits or ``_-+*$``."""
+    return _IDENT.fullmatch(name) is not None
 
 
 def _check_ident(name: str) -> None:
@@ -377,21 +384,22 @@ def term(value: Any) -> ATerm:
     raise TypeError(f"cannot make an ATerm of {cls.__name__} {value!r:.60}")
 
 
+def as_term(value: Any) -> ATerm:
+    """A term given as an ATerm, as its text, or as a plain Python value (see ``term``).
+
+    Text is parsed: ``as_term('f(1)')`` is ``f(1)``, where ``term('f(1)')`` is the string ``"f(1)"``.
+    """
+    return parse(value) if isinstance(value, str) else term(value)
+
+
 def is_open(t: ATerm) -> bool:
     """True when ``t`` still contains a result variable (and so may not be sent to a tool)."""
     stack = [t]
     while stack:
         x = stack.pop()
-        cls = x.__class__
-        if cls is ATermVar:
+        if x.__class__ is ATermVar:
             return True
-        if cls is ATermAppl:
-            stack.extend(x._args)
-        elif cls is ATermList:
-            stack.extend(x._elements)
-        elif cls is ATermPlaceholder:
-            stack.append(x._type)
-        stack.extend(x._annotations)
+        stack.extend(_children(x))
     return False
 
 
@@ -400,6 +408,7 @@ def is_open(t: ATerm) -> bool:
 
 
 def _children(t: ATerm) -> tuple:
+    """Every term directly inside ``t``: arguments, elements or the placeholder's type, then annotations."""
     cls = t.__class__
     if cls is ATermAppl:
         return t._args + t._annotations

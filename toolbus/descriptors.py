@@ -23,13 +23,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolbus.aterm import is_identifier
 from toolbus.errors import DescriptorError
 from toolbus.signatures import Signatures, parse_signature
 
 INTERNAL_HOST = "ToolBus"
 REQUIRED = ("tool_name", "host_name", "function_signatures")
 OPTIONAL = ("restart_frequency",)
-_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_\-+*$]*", re.ASCII)
 _CLASS_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -133,7 +133,7 @@ def _load_one(
         where = f"{path}: tool {name}" + (f", field {field_name}" if field_name else "")
         problems.append(f"{where}: {what}")
 
-    if not _IDENT.fullmatch(name):
+    if not is_identifier(name):
         problem(None, "the tool name must be an ATerm identifier (a letter, then letters, digits or _-+*$)")
     if not isinstance(spec, dict):
         problem(None, "must be a table with tool_name, host_name and function_signatures")

@@ -57,10 +57,15 @@ class Signature:
     @property
     def method_name(self) -> str:
         """The Python method that serves this call: ``get-text`` -> ``get_text``."""
-        return self.pattern.name.replace("-", "_")
+        return method_name(self.pattern.name)
 
     def __str__(self) -> str:
         return self.text
+
+
+def method_name(call_name: str) -> str:
+    """The Python method that serves calls named ``call_name``: ``get-text`` -> ``get_text``."""
+    return call_name.replace("-", "_")
 
 
 def parse_signature(text: str) -> Signature:

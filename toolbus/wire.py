@@ -2,19 +2,23 @@
 
 Bytes go in through ``receive_data``, messages come out of ``next_message``; messages to send are
 turned into bytes by ``send``. Nothing here touches a socket or a process: the socket code in
-``toolbus.instances`` (bus side) and ``toolbus.adapter`` (tool side) is a thin shell around this.
+``toolbus.external`` (bus side) and ``toolbus.adapter`` (tool side) is a thin shell around this.
 
 Framing: every message is ``LLLLLLLLLLL:`` + the ATerm text in UTF-8, where the 11 zero-padded
 decimal digits give the length in bytes of the whole message, header included.
 
 The tool's state as the bus sees it is one table, ``TRANSITIONS``: (state, message) -> next state.
 A message the table does not allow in the current state is a ``ProtocolError``.
+
+Events flow under one more rule, ``EventGate``: at most one unacknowledged event per event symbol.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from toolbus.aterm import ATerm, ATermAppl, ATermInt, ATermList, ParseError, _appl, _list, parse
 from toolbus.errors import ProtocolError, SignatureError
@@ -100,8 +104,13 @@ class Connect:
 
 
 @dataclass(frozen=True)
-class Signature:
-    """bus -> tool, first: ``rec-do(signature([rec-eval(P)..., rec-do(P)...], [snd-event(E)...]))``."""
+class Interface:
+    """bus -> tool, first: ``rec-do(signature([rec-eval(P)..., rec-do(P)...], [snd-event(E)...]))``.
+
+    The tool's whole interface: every call it may receive and every event it may send, which it
+    accepts with ``snd-void``. Not called Signature: a ``toolbus.signatures.Signature`` is one
+    declared eval, do or event, and this message carries them all.
+    """
 
     inputs: tuple[ATerm, ...]  # rec-eval(P) and rec-do(P) terms
     outputs: tuple[ATerm, ...]  # snd-event(E) terms
@@ -160,8 +169,8 @@ class Disconnect:
     """tool -> bus: ``snd-disconnect``, or the connection closed."""
 
 
-Message = Connect | Signature | Eval | Do | Value | Void | Event | Ack | Terminate | Disconnect
-_BUS_MESSAGES = (Signature, Eval, Do, Ack, Terminate)  # the rest come from the tool
+Message = Connect | Interface | Eval | Do | Value | Void | Event | Ack | Terminate | Disconnect
+_BUS_MESSAGES = (Interface, Eval, Do, Ack, Terminate)  # the rest come from the tool
 
 
 def to_term(message: Message) -> ATerm:
@@ -182,7 +191,7 @@ def to_term(message: Message) -> ATerm:
         return _appl("rec-terminate", (_appl(message.message, (), True),), False)
     if isinstance(message, Connect):
         return _appl("snd-connect", (_appl(message.tool_name, (), False), ATermInt(message.tool_id)), False)
-    if isinstance(message, Signature):
+    if isinstance(message, Interface):
         sig = _appl("signature", (_list(message.inputs), _list(message.outputs)), False)
         return _appl("rec-do", (sig,), False)
     if isinstance(message, Disconnect):
@@ -210,7 +219,7 @@ def from_term(t: ATerm) -> Message:
                 and len(sig.args) == 2
                 and all(isinstance(a, ATermList) for a in sig.args)
             ):
-                return Signature(tuple(sig.args[0]), tuple(sig.args[1]))
+                return Interface(tuple(sig.args[0]), tuple(sig.args[1]))
             return Do(sig)
         if name == "rec-ack-event" and len(args) == 2:
             return Ack(args[0], args[1])
@@ -248,10 +257,10 @@ class ToolState(Enum):
 
 S = ToolState
 #: (state, message type) -> next state. Sent and received messages share the table: their types
-#: never overlap (Eval/Do/Ack/Signature/Terminate go to the tool; the rest come from it).
+#: never overlap (Eval/Do/Ack/Interface/Terminate go to the tool; the rest come from it).
 TRANSITIONS: dict[tuple[ToolState, type], ToolState] = {
     (S.CONNECTING, Connect): S.CONNECTED,
-    (S.CONNECTED, Signature): S.HANDSHAKE,
+    (S.CONNECTED, Interface): S.HANDSHAKE,
     (S.HANDSHAKE, Void): S.READY,
     (S.READY, Eval): S.BLOCKED_EVAL,
     (S.READY, Do): S.BLOCKED_DO,
@@ -381,3 +390,54 @@ class ToolSide:
         if not isinstance(message, _BUS_MESSAGES):
             raise ProtocolError(f"the bus sent a tool message: {str(t)[:200]}")
         return message
+
+
+# --------------------------------------------------------------------------------------------------
+# Events: at most one unacknowledged event per event symbol
+
+_Held = TypeVar("_Held")
+
+
+def event_symbol(event: ATerm) -> tuple:
+    """An event's symbol, (name, arity, quoted); a term that is no application is its own symbol."""
+    if isinstance(event, ATermAppl):
+        return (event.name, len(event.args), event.quoted)
+    return (str(event), 0, False)
+
+
+class EventGate(Generic[_Held]):
+    """The rule that a tool has at most one unacknowledged event per event symbol.
+
+    The earliest event of a symbol passes; later ones of that symbol are held back, in order, until
+    it is acknowledged, and then the next one passes. Both ends keep the rule: the tool side
+    (``toolbus.adapter``) holds its own events back, and the bus (``toolbus.instances``) holds back
+    any a tool sends early. What is held is up to the caller: the event, or the event with its
+    signature.
+    """
+
+    def __init__(self) -> None:
+        # symbol -> what waits behind its unacknowledged event; a symbol is here while it has one
+        self._waiting: dict[tuple, deque[_Held]] = {}
+
+    def admit(self, event: ATerm, held: _Held) -> bool:
+        """True when ``event`` passes now; otherwise ``held`` waits for the symbol's acknowledgement."""
+        symbol = event_symbol(event)
+        waiting = self._waiting.get(symbol)
+        if waiting is None:
+            self._waiting[symbol] = deque()
+            return True
+        waiting.append(held)
+        return False
+
+    def acknowledged(self, event: ATerm) -> _Held | None:
+        """``event`` was acknowledged: what waited next behind it, which passes now; None if nothing."""
+        symbol = event_symbol(event)
+        waiting = self._waiting.get(symbol)
+        if waiting:
+            return waiting.popleft()
+        self._waiting.pop(symbol, None)
+        return None
+
+    def clear(self) -> None:
+        """Forget every event, passed or waiting (the tool that emitted them was replaced)."""
+        self._waiting.clear()

@@ -24,7 +24,7 @@ from celery import Celery
 from celery.backends.base import BaseKeyValueStoreBackend
 
 import toolbus.errors as errors
-from toolbus.aterm import ATerm, parse, term
+from toolbus.aterm import ATerm, as_term, parse
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout
 from worker.app import make_app
@@ -39,10 +39,6 @@ WATCH_SECS = 1.0
 HARD_LIMIT_MARGIN = 2.0
 
 __all__ = ["Bus", "Event"]
-
-
-def _as_term(value: ATerm | str) -> ATerm:
-    return parse(value) if isinstance(value, str) else term(value)
 
 
 class Bus:
@@ -79,7 +75,7 @@ class Bus:
 
     def eval(self, tool: str, call: ATerm | str, timeout: float = DEFAULT_TIMEOUT) -> ATerm:
         """Evaluate ``call`` on ``tool`` and return its value (blocking, at most ``timeout`` s)."""
-        call = _as_term(call)
+        call = as_term(call)
         self._tool(tool).signatures.check_eval(call)
         result = self._send(
             "toolbus.eval", tool, {"call": str(call), "deadline": time.time() + timeout}, timeout
@@ -89,7 +85,7 @@ class Bus:
     def do(self, tool: str, call: ATerm | str, timeout: float | None = None) -> str:
         """Queue ``call`` on ``tool`` and return at once (the task id). Nobody waits for a do: its
         failure is logged by the worker and shows as a failed task in Flower."""
-        call = _as_term(call)
+        call = as_term(call)
         self._tool(tool).signatures.check_do(call)
         deadline = None if timeout is None else time.time() + timeout
         result = self._send("toolbus.do", tool, {"call": str(call), "deadline": deadline}, timeout)
@@ -102,7 +98,7 @@ class Bus:
         per task), and ``timeout`` covers the whole batch.
         """
         descriptor = self._tool(tool)
-        terms = [_as_term(c) for c in calls]
+        terms = [as_term(c) for c in calls]
         slots: list[Any] = [None] * len(terms)
         texts: list[tuple[int, str]] = []
         for i, t in enumerate(terms):
@@ -186,7 +182,7 @@ class Bus:
         the same). Raises ``ToolTimeout`` when none arrives in time.
         """
         self._tool(tool)
-        event = self.events.take(tool, _as_term(pattern), uuid.uuid4().hex, lease, timeout)
+        event = self.events.take(tool, as_term(pattern), uuid.uuid4().hex, lease, timeout)
         if event is None:
             raise ToolTimeout(f"tool {tool}: no event matching {pattern} within {timeout:g} s")
         return event
@@ -196,7 +192,7 @@ class Bus:
 
         Raises ``TransactionError`` when that instance has been recycled or has crashed.
         """
-        result = _as_term(result)
+        result = as_term(result)
         signatures = self._tool(event.tool).signatures
         signatures.check_ack(signatures.check_event(event.term), result)
         self.events.ack(event, result)

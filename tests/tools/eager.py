@@ -15,7 +15,7 @@ from toolbus.aterm import parse
 def main() -> None:
     sock, side = connect()
     for message in messages(sock, side):
-        if isinstance(message, wire.Signature):
+        if isinstance(message, wire.Interface):
             sock.sendall(side.send(wire.Void()) + side.send(wire.Event(parse("note(0)"))))
         elif isinstance(message, wire.Eval):
             sock.sendall(side.send(wire.Value(parse("1"))))

@@ -31,7 +31,7 @@ GARBAGE = {
 def main() -> None:
     sock, side = connect()
     for message in messages(sock, side):
-        if isinstance(message, wire.Signature):
+        if isinstance(message, wire.Interface):
             sock.sendall(side.send(wire.Void()))
         elif isinstance(message, wire.Eval) and message.call.name == "garbage":
             mode = message.call.args[0].name
