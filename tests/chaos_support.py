@@ -31,6 +31,7 @@ here answers in well under a second, the shortened lease is 10 s.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -44,7 +45,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,7 +56,7 @@ import kombu.exceptions
 import pytest
 import redis
 from callbacks_worker import READY_TIMEOUT, CallbacksWorker
-from helpers import CALLBACKS_KEY, HAPPY_LOG, REPO, UNACKED_KEY, wait_until
+from helpers import CALLBACKS_KEY, CALLBACKS_QUEUE, HAPPY_LOG, REPO, UNACKED_KEY, wait_until
 from portal_support import PORTAL_ENVIRONMENT
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -562,6 +563,26 @@ class Storm:
         self.worker.kill()
         self.kills.append(kill)
         return kill
+
+    @contextlib.contextmanager
+    def consumption_paused(self) -> Iterator[None]:
+        """The worker consumes no fetch message for the duration (it keeps those it holds), so that
+        messages reported meanwhile wait in the broker for a fault to lose them, however fast the
+        worker would otherwise have taken them. Consumption resumes once the worker answers again
+        (it may be reconnecting to a broker that was restarted)."""
+        control, destination = self.worker.celery.control, [self.worker.name]
+        assert control.cancel_consumer(CALLBACKS_QUEUE, destination=destination, reply=True)
+        try:
+            yield
+        finally:
+
+            def resumed() -> bool:
+                try:
+                    return bool(control.add_consumer(CALLBACKS_QUEUE, destination=destination, reply=True))
+                except Exception:  # the broker is still coming back
+                    return False
+
+            wait_until(resumed, timeout=self.config.patience, what="the worker to consume again")
 
     def start_beat(self) -> None:
         """The Procfile's ``beat``: the sweep every ``sweep_secs``, its schedule in the instance."""

@@ -201,14 +201,15 @@ def test_every_result_is_stored_although_the_broker_restarts_empty_mid_storm(bro
     outages = []
     for fault, mark in enumerate(spread(BROKER_RESULTS, BROKER_FAULTS)):
         storm.wait_stored(mark)
-        storm.report(bursts[fault * BURST : (fault + 1) * BURST])
-        queued, reserved = storm.broker_messages()
-        collect_results()
-        broker.kill()
-        started = time.monotonic()
-        storm.report(later[fault * REPORTED_WHILE_DOWN : (fault + 1) * REPORTED_WHILE_DOWN])
-        down = time.monotonic() - started
-        broker.start()  # on the same port, empty: nothing was persisted
+        with storm.consumption_paused():
+            storm.report(bursts[fault * BURST : (fault + 1) * BURST])
+            queued, reserved = storm.broker_messages()
+            collect_results()
+            broker.kill()
+            started = time.monotonic()
+            storm.report(later[fault * REPORTED_WHILE_DOWN : (fault + 1) * REPORTED_WHILE_DOWN])
+            down = time.monotonic() - started
+            broker.start()  # on the same port, empty: nothing was persisted
         outages.append(
             {
                 "at_stored": mark,
@@ -237,13 +238,14 @@ def test_every_result_is_stored_although_the_broker_is_wiped_mid_storm(broker, s
     wipes = []
     for fault, mark in enumerate(spread(BROKER_RESULTS, BROKER_FAULTS)):
         storm.wait_stored(mark)
-        storm.report(bursts[fault * BURST : (fault + 1) * BURST])
-        client = broker.client()
-        try:
-            wipe = client.pipeline(transaction=True)  # counted and wiped at once
-            queued, reserved, _ = wipe.llen(CALLBACKS_KEY).hlen(UNACKED_KEY).flushall().execute()
-        finally:
-            client.close()
+        with storm.consumption_paused():
+            storm.report(bursts[fault * BURST : (fault + 1) * BURST])
+            client = broker.client()
+            try:
+                wipe = client.pipeline(transaction=True)  # counted and wiped at once
+                queued, reserved, _ = wipe.llen(CALLBACKS_KEY).hlen(UNACKED_KEY).flushall().execute()
+            finally:
+                client.close()
         wipes.append({"at_stored": mark, "queued_lost": queued, "reserved": reserved})
     settle_and_check(storm)
     print(f"wipes: {wipes}")
