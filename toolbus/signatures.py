@@ -33,7 +33,6 @@ from toolbus.aterm import (
 )
 from toolbus.errors import SignatureError
 
-BUILTIN_TYPES = ("int", "real", "str", "bool", "term", "list")
 KINDS = ("eval", "do", "event")
 
 
