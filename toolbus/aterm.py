@@ -129,7 +129,8 @@ class ATerm:
         Returns what the placeholders extract, left to right, or None when there is no match.
         """
         out: list[Any] = []
-        if _match(_pattern(pattern), self, out, None):
+        # most patterns are terms already: telling them apart here saves a call per match
+        if _match(pattern if isinstance(pattern, ATerm) else _pattern(pattern), self, out, None):
             return out
         return None
 
@@ -564,7 +565,7 @@ def _to_text(root: ATerm) -> str:
 # last non-blank character (``_token_end``), so no match can fail after a long run of blanks (with
 # backtracking, trailing blanks cost cubic time: 800 of them took seconds); and a quoted symbol that
 # is never closed is one token running to the end of the text, instead of being rescanned from every
-# later '"' (quadratic on '"\"\"\"...'). ``_unquote`` tells such a token from a closed one.
+# later '"' (quadratic on '"\"\"\"...'). ``_quoted`` tells such a token from a closed one.
 _TOKEN = re.compile(
     r'[ \t\r\n]*+(,?)[ \t\r\n]*+([()\[\]{}<>]|"(?:[^"\\]|\\[\s\S])*+(?:"|\\)?|[A-Za-z0-9_.+*$?\-]+'
     r"|#[A-Za-z0-9+/]+|[^ \t\r\n])",
@@ -574,11 +575,7 @@ _END = ("", "")  # the token after the last one
 _NUMBER = re.compile(r"(-?[0-9]+)[lL]?|(-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)", re.ASCII)
 _ESCAPE = re.compile(r"\\([0-7]{3}|[ntbrf\\'\"])|\\")
 _UNESCAPE = {"n": "\n", "t": "\t", "b": "\b", "r": "\r", "f": "\f", "\\": "\\", "'": "'", '"': '"'}
-_CLOSERS = {")": "')'", "]": "']'", "}": "'}'", ">": "'>'"}
 _WHITESPACE = " \t\r\n"
-
-# Frame kinds of the parser's stack. A frame is [kind, start_token, items, name, quoted].
-_APPL, _LIST, _ANNOS, _PLACEHOLDER = ")", "]", "}", ">"
 
 
 class _Failure(Exception):
@@ -591,13 +588,17 @@ class _Failure(Exception):
         self.comma = comma  # the fault is the comma before the token
 
 
-def _unquote(tok: str, index: int) -> str:
+def _quoted(tok: str, index: int) -> ATermAppl:
+    """The leaf a quoted token stands for: a string, or the name of a quoted application."""
     if len(tok) < 2 or tok[-1] != '"' or (tok[-2] == "\\" and _escaped_last(tok)):
         raise _Failure(index, "a closing '\"' of the quoted symbol")
-    body = tok[1:-1]
-    if "\\" not in body:
-        return body
+    name = tok[1:-1]
+    if "\\" in name:
+        name = _unescape(name, index)
+    return _appl(name, (), True)
 
+
+def _unescape(body: str, index: int) -> str:
     def replace(m: re.Match) -> str:
         code = m.group(1)
         if code is None:
@@ -631,13 +632,6 @@ def _number(tok: str, index: int) -> ATerm:
     if not math.isfinite(value):
         raise _Failure(index, "a real within the range of a double")
     return _real(value)
-
-
-def _from_base64(digits: str) -> int:
-    n = 0
-    for c in digits:
-        n = n * 64 + _B64.index(c)
-    return n
 
 
 def parse(text: str) -> ATerm:
@@ -696,121 +690,82 @@ def _parse_error(text: str, toks: list[tuple[str, str]], failure: _Failure) -> P
     return ParseError(text, m.start(2) + at, failure.expected, m.group(2)[at:])
 
 
-def _too_deep(index: int) -> None:
-    raise _Failure(index, f"nesting at most {MAX_DEPTH} deep")
-
-
 def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
-    """The flat parser loop: one pass over the tokens, an explicit stack for open brackets.
+    """The flat parser loop: one pass over the tokens, an explicit stack of open brackets.
 
-    Each token is (comma, text). Every way into the top of the loop has checked the comma of the
-    token there: present after an item, absent after an opening bracket.
+    Each token is (comma, text). (1) A term starts at a token: a leaf is complete there; an opening
+    bracket, or a name followed by '(', is pushed, and its first item starts at the next token.
+    (2) A complete term takes its annotations, then goes into the innermost open bracket: after a
+    comma the next item starts (1); at the closing bracket, the bracket's term is complete (2).
+    Every way into (1) has checked the comma of its token: present after an item, absent after an
+    opening bracket.
     """
     n = len(toks)
     toks.append(_END)
     if toks[0][0]:
         raise _Failure(0, "a term", comma=True)
-    stack: list[list] = []  # open brackets, each [closer, start token, items, name, quoted]
-    push = stack.append
-    items: list | None = None  # items of the innermost open bracket (stack[-1][2])
-    closer = ""  # its closing token
-    leaves: dict[str, ATerm] = {}  # identifier -> leaf: within one text, equal symbols are one object
-    # TAF numbers subterms by the length of their text as written. TAF has no whitespace, so a
-    # token's offset is the running sum of the lengths of the tokens before it.
+    stack: list[tuple] = []  # open brackets, innermost last: (closer, start token, items, head, quoted)
+    items: list | None = None  # items of the innermost open bracket
+    closer: str | None = None  # its closing token; None outside every bracket
+    leaves: dict[str, ATerm] = {}  # word -> leaf: within one text, equal symbols are one object
     if taf:
+        # TAF numbers subterms by the length of their text as written. TAF has no whitespace, so a
+        # token's offset is the running sum of the lengths of the tokens before it.
         offsets = [0, *accumulate(len(c) + len(t) for c, t in toks)]
         table: list[ATerm] = []
         ref_len = 2  # length of "#" + the base-64 digits of the next number
     i = 0
+    bracket = None  # a bracket just opened: (closer, start token, items, head, quoted)
     while True:
-        # --- a term starts at token i
+        if bracket:  # pushed, and its first item starts at token i
+            if toks[i][0]:
+                raise _Failure(i, "a term", comma=True)
+            stack.append(bracket)
+            if len(stack) > MAX_DEPTH:
+                raise _Failure(bracket[1], f"nesting at most {MAX_DEPTH} deep")
+            closer, _, items, _, _ = bracket
+            bracket = None
+
+        # --- 1. a term starts at token i
         start = i
         tok = toks[i][1]
         i += 1
         c = tok[:1]
-        if c.isalpha():
+        if c.isalpha():  # a name (or a variable): a leaf, or an application when '(' follows
             value = leaves.get(tok)
             if value is None:
-                if tok[-1] == "?":
-                    if _IDENT.fullmatch(tok, 0, len(tok) - 1) is None:
-                        raise _Failure(start, "a term")
-                    value = _var(tok[:-1])
-                elif _IDENT.fullmatch(tok) is None:
-                    raise _Failure(start, "a term")
-                else:
-                    value = _appl(tok, (), False)
-                leaves[tok] = value
+                value = leaves[tok] = _word(tok, start)
             if toks[i] == _OPEN_PAREN:
-                if value.__class__ is ATermVar:
-                    raise _Failure(i, "',' or a closing bracket: a variable has no arguments")
-                i += 1
-                if toks[i] == _CLOSE_PAREN:
-                    i += 1
-                else:
-                    if toks[i][0]:
-                        raise _Failure(i, "a term", comma=True)
-                    push([")", start, [], tok, False])
-                    if len(stack) > MAX_DEPTH:
-                        _too_deep(start)
-                    items = stack[-1][2]
-                    closer = ")"
-                    continue
-        elif c == '"':
-            value = _appl(_unquote(tok, start), (), True)
+                bracket = _arguments(value, start, toks, i)
+                i += 1 if bracket else 2  # past '(', or past "()": f() is f
+        elif c == '"':  # a quoted name: the same
+            value = _quoted(tok, start)
             if toks[i] == _OPEN_PAREN:
-                i += 1
-                if toks[i] == _CLOSE_PAREN:
-                    i += 1
-                else:
-                    if toks[i][0]:
-                        raise _Failure(i, "a term", comma=True)
-                    push([")", start, [], value._name, True])
-                    if len(stack) > MAX_DEPTH:
-                        _too_deep(start)
-                    items = stack[-1][2]
-                    closer = ")"
-                    continue
+                bracket = _arguments(value, start, toks, i)
+                i += 1 if bracket else 2
         elif "0" <= c <= "9" or c == "-":
-            if tok.isdigit() and tok.isascii() and len(tok) < 4000:
-                value = _int(int(tok))
+            # a word token, so ASCII: plain ints are read here, and _number reads all the rest
+            value = _int(int(tok)) if tok.isdigit() and len(tok) < 4000 else _number(tok, start)
+        elif c in _BRACKETS:
+            closing, at_once, value = _BRACKETS[c]
+            if toks[i] == at_once:
+                i += 1  # "[]" or "()"
             else:
-                value = _number(tok, start)
-        elif c == "[" or c == "(" or c == "<":
-            if c != "<" and toks[i] == (_CLOSE_BRACKET if c == "[" else _CLOSE_PAREN):
-                i += 1
-                value = _list(()) if c == "[" else _appl("", (), False)
-            else:
-                if toks[i][0]:
-                    raise _Failure(i, "a term", comma=True)
-                closer = "]" if c == "[" else ")" if c == "(" else ">"
-                push([closer, start, [], "", False])
-                if len(stack) > MAX_DEPTH:
-                    _too_deep(start)
-                items = stack[-1][2]
-                continue
+                bracket = (closing, start, [], "", False)
         elif c == "#" and taf and len(tok) > 1:
-            number = _from_base64(tok[1:])
-            if number >= len(table):
-                raise _Failure(start, f"a reference to one of the {len(table)} subterms read so far")
-            value = table[number]
+            value = _reference(tok, start, table)
         else:
             raise _Failure(start, "a term")
+        if bracket:
+            continue
 
-        # --- value is complete (tokens start..i-1): its annotations, then into its parent
+        # --- 2. value is complete (tokens start..i-1): its annotations, then into its bracket
         while True:
             comma, tok = toks[i]
             if tok == "{" and not comma:
-                if value._annotations or value.__class__ is ATermVar:
-                    raise _Failure(i, "',' or a closing bracket: this term can take no annotations")
                 i += 1
-                if toks[i] != _CLOSE_BRACE:
-                    if toks[i][0]:
-                        raise _Failure(i, "a term", comma=True)
-                    push(["}", start, [], value, False])
-                    if len(stack) > MAX_DEPTH:
-                        _too_deep(start)
-                    items = stack[-1][2]
-                    closer = "}"
+                bracket = _annotations(value, start, toks, i)
+                if bracket:
                     break
                 i += 1  # "{}": no annotations
                 comma, tok = toks[i]
@@ -819,42 +774,90 @@ def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
                 if length > ref_len:
                     table.append(value)
                     ref_len = 1 + len(_to_base64(len(table)))
-            if comma:
-                if items is None or closer == ">":
-                    raise _Failure(i, "end of input" if items is None else "'>'", comma=True)
+            if comma and closer in _SEPARATED:
                 items.append(value)
                 break
-            if tok != closer or items is None:
-                if items is None:
-                    if i < n:
-                        raise _Failure(i, "end of input")
-                    return value
-                raise _Failure(i, ("" if closer == ">" else "',' or ") + _CLOSERS[closer])
+            if tok != closer or comma:
+                return _finish(value, toks, i, n, closer)  # the end of the text, or an error
             items.append(value)
             i += 1
-            frame = stack.pop()
-            start = frame[1]
+            closer, start, items, head, quoted = stack.pop()
             if closer == ")":
-                value = _appl(frame[3], tuple(items), frame[4])
+                value = _appl(head, tuple(items), quoted)
             elif closer == "]":
                 value = _list(tuple(items))
             elif closer == ">":
                 value = _placeholder(items[0])
-            else:
-                value = frame[3].with_annotations(items)
-            if stack:
-                frame = stack[-1]
-                items = frame[2]
-                closer = frame[0]
-            else:
-                items = None
-                closer = ""
+            else:  # "}": head is the annotated term
+                value = head.with_annotations(items)
+            closer, _, items, _, _ = stack[-1] if stack else _OUTSIDE
+
+
+def _arguments(name: ATerm, start: int, toks: list[tuple[str, str]], i: int) -> tuple | None:
+    """The bracket of a name's arguments, '(' at token i; None for "f()", which is f."""
+    if name.__class__ is ATermVar:
+        raise _Failure(i, "',' or a closing bracket: a variable has no arguments")
+    if toks[i + 1] == _CLOSE_PAREN:
+        return None
+    return (")", start, [], name._name, name._quoted)
+
+
+def _annotations(term: ATerm, start: int, toks: list[tuple[str, str]], i: int) -> tuple | None:
+    """The bracket of a term's annotations, '{' before token i; None for "{}", which is none."""
+    if term._annotations or term.__class__ is ATermVar:
+        raise _Failure(i - 1, "',' or a closing bracket: this term can take no annotations")
+    if toks[i] == _CLOSE_BRACE:
+        return None
+    return ("}", start, [], term, False)
+
+
+def _finish(value: ATerm, toks: list[tuple[str, str]], i: int, n: int, closer: str | None) -> ATerm:
+    """A complete term followed by neither ',' nor the closer: the whole term if the text ends here."""
+    comma = bool(toks[i][0])
+    if closer is None:
+        if i < n:
+            raise _Failure(i, "end of input", comma=comma)
+        return value
+    if comma:  # inside <...>
+        raise _Failure(i, "'>'", comma=True)
+    raise _Failure(i, _CLOSERS[closer])
+
+
+def _word(tok: str, index: int) -> ATerm:
+    """The leaf a word stands for: an identifier (an application without arguments) or a variable."""
+    if tok[-1] == "?":
+        if _IDENT.fullmatch(tok, 0, len(tok) - 1) is None:
+            raise _Failure(index, "a term")
+        return _var(tok[:-1])
+    if _IDENT.fullmatch(tok) is None:
+        raise _Failure(index, "a term")
+    return _appl(tok, (), False)
+
+
+def _reference(tok: str, index: int, table: list[ATerm]) -> ATerm:
+    """The subterm a TAF reference, ``#`` and base-64 digits, stands for."""
+    number = 0
+    for digit in tok[1:]:
+        number = number * 64 + _B64.index(digit)
+    if number >= len(table):
+        raise _Failure(index, f"a reference to one of the {len(table)} subterms read so far")
+    return table[number]
 
 
 _OPEN_PAREN = ("", "(")
 _CLOSE_PAREN = ("", ")")
-_CLOSE_BRACKET = ("", "]")
 _CLOSE_BRACE = ("", "}")
+# Brackets that start a term: their closer, the token that closes them at once, and the term they
+# are then. A placeholder is never empty: "<>" reads on, and fails at ">".
+_BRACKETS = {
+    "[": ("]", ("", "]"), _list(())),
+    "(": (")", _CLOSE_PAREN, _appl("", (), False)),
+    "<": (">", None, None),
+}
+_SEPARATED = frozenset(")]}")  # brackets whose items are separated by commas (not "<...>")
+_OUTSIDE = (None, None, None, None, None)  # the innermost bracket when there is none
+# What a token that is neither ',' nor the closer of the innermost bracket should have been.
+_CLOSERS = {")": "',' or ')'", "]": "',' or ']'", "}": "',' or '}'", ">": "'>'"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -962,10 +965,9 @@ def write_taf(root: ATerm) -> str:
 # --------------------------------------------------------------------------------------------------
 # Matching
 
-_INT_TYPES = frozenset(("int", "long"))
-_ID_TYPES = frozenset(("fun", "appl", "id"))
 _COMPOUND_TYPES = frozenset(("fun", "appl", "str"))
 _EMIT = object()  # stack marker: append the value to the extraction list
+_NO_MATCH = object()  # what an extractor returns for a subject its placeholder does not match
 
 
 def _is_list_placeholder(p: ATerm) -> bool:
@@ -979,11 +981,12 @@ def _match(pattern: ATerm, subject: ATerm, out: list | None, bindings: dict | No
     """Match subject against pattern; extractions go to ``out``, variable bindings to ``bindings``.
 
     Annotations are ignored at every depth. ``bindings`` receives the bindings only on success.
+    The (pattern, subject) pairs still to match wait on a stack, the leftmost on top, so that the
+    extractions come out left to right.
     """
     local: dict[str, ATerm] = {}
     stack: list[tuple] = [(pattern, subject)]
     pop = stack.pop
-    push = stack.append
     while stack:
         p, s = pop()
         if p is _EMIT:
@@ -991,103 +994,120 @@ def _match(pattern: ATerm, subject: ATerm, out: list | None, bindings: dict | No
                 out.append(s)
             continue
         pcls = p.__class__
-        if pcls is ATermVar:
+        if pcls is ATermPlaceholder:
+            ty = p._type
+            extract = None
+            if ty.__class__ is ATermAppl and not ty._args and not ty._quoted:
+                extract = _EXTRACTORS.get(ty._name)
+            if extract is not None:  # <int>, <str>, <term>, ...
+                value = extract(s)
+                if value is _NO_MATCH:
+                    return False
+                if out is not None:
+                    out.append(value)
+            elif not _match_other_placeholder(ty, s, out, stack):  # <fun(..)>, <abc>, ...
+                return False
+        elif pcls is ATermVar:
             bound = local.get(p._name)
             if bound is None:
                 local[p._name] = s
             elif bound != s:
                 return False
-            continue
-        if pcls is ATermPlaceholder:
-            ty = p._type
-            scls = s.__class__
-            if ty.__class__ is ATermAppl and not ty._quoted:
-                tname = ty._name
-                targs = ty._args
-                if not targs:
-                    if tname in _INT_TYPES:
-                        if scls is not ATermInt:
-                            return False
-                        value = s._value
-                    elif tname == "term":
-                        value = s
-                    elif tname == "str":
-                        if scls is not ATermAppl or not s._quoted or s._args:
-                            return False
-                        value = s._name
-                    elif tname in _ID_TYPES:
-                        if scls is not ATermAppl or s._quoted or s._args:
-                            return False
-                        value = s._name
-                    elif tname == "real":
-                        if scls is not ATermReal:
-                            return False
-                        value = s._value
-                    elif tname == "bool":
-                        if scls is not ATermAppl or s._quoted or s._args or s._name not in ("true", "false"):
-                            return False
-                        value = s._name == "true"
-                    elif tname == "list":
-                        if scls is not ATermList:
-                            return False
-                        value = s
-                    elif tname == "placeholder":
-                        if scls is not ATermPlaceholder:
-                            return False
-                        value = s
-                    else:
-                        if scls is not ATermPlaceholder or not _equal(ty, s._type, False):
-                            return False
-                        continue
-                    if out is not None:
-                        out.append(value)
-                    continue
-                if tname in _COMPOUND_TYPES:
-                    # <fun(P..)>, <appl(P..)>, <str(P..)>: the name, then the arguments' extractions
-                    if scls is not ATermAppl or s._quoted != (tname == "str") or not s._args:
-                        return False
-                    if out is not None:
-                        out.append(s._name)
-                    if not _push_sequence(push, targs, s._args, True):
-                        return False
-                    continue
-            if scls is not ATermPlaceholder or not _equal(ty, s._type, False):
-                return False
-            continue
-        if pcls is not s.__class__:
+        elif pcls is not s.__class__:
             return False
-        if pcls is ATermAppl:
+        elif pcls is ATermAppl:
             if p._name != s._name or p._quoted != s._quoted or len(p._args) != len(s._args):
                 return False
             if p._args:
                 stack.extend(zip(reversed(p._args), reversed(s._args)))
         elif pcls is ATermList:
-            if not _push_sequence(push, p._elements, s._elements, False):
+            if not _push_sequence(stack, p._elements, s._elements, False):
                 return False
-        elif pcls is ATermInt or pcls is ATermReal:
-            if p._value != s._value:
-                return False
-        elif pcls is ATermPlaceholder:  # pragma: no cover - handled above
+        elif p._value != s._value:  # an int or a real
             return False
     if bindings is not None:
         bindings.update(local)
     return True
 
 
-def _push_sequence(push: Callable, patterns: tuple, subjects: tuple, rest_needs_one: bool) -> bool:
+def _match_other_placeholder(ty: ATerm, s: ATerm, out: list | None, stack: list[tuple]) -> bool:
+    """The placeholders that extract no plain value: ``<fun(P..)>``, ``<appl(P..)>`` and ``<str(P..)>``
+    extract the subject's name, then what P.. extract from its arguments; any other (``<abc>``)
+    matches only an equal placeholder, and extracts nothing."""
+    if ty.__class__ is ATermAppl and ty._args and not ty._quoted and ty._name in _COMPOUND_TYPES:
+        if s.__class__ is not ATermAppl or s._quoted != (ty._name == "str") or not s._args:
+            return False
+        if out is not None:
+            out.append(s._name)
+        return _push_sequence(stack, ty._args, s._args, True)
+    return s.__class__ is ATermPlaceholder and _equal(ty, s._type, False)
+
+
+def _push_sequence(stack: list[tuple], patterns: tuple, subjects: tuple, rest_needs_one: bool) -> bool:
     """Schedule element-wise matches, with a trailing ``<list>`` taking the remaining elements."""
     if patterns and _is_list_placeholder(patterns[-1]):
         fixed = len(patterns) - 1
         if len(subjects) < fixed + (1 if rest_needs_one else 0):
             return False
-        push((_EMIT, _list(subjects[fixed:])))
+        stack.append((_EMIT, _list(subjects[fixed:])))
         patterns = patterns[:fixed]
         subjects = subjects[:fixed]
     elif len(patterns) != len(subjects):
         return False
-    for pair in zip(reversed(patterns), reversed(subjects)):
-        push(pair)
+    stack.extend(zip(reversed(patterns), reversed(subjects)))
     return True
+
+
+# What the placeholders without arguments match, and extract: one function each, by name.
+
+
+def _extract_int(s: ATerm) -> Any:
+    return s._value if s.__class__ is ATermInt else _NO_MATCH
+
+
+def _extract_real(s: ATerm) -> Any:
+    return s._value if s.__class__ is ATermReal else _NO_MATCH
+
+
+def _extract_bool(s: ATerm) -> Any:
+    if s.__class__ is ATermAppl and not s._quoted and not s._args and s._name in ("true", "false"):
+        return s._name == "true"
+    return _NO_MATCH
+
+
+def _extract_str(s: ATerm) -> Any:
+    return s._name if s.__class__ is ATermAppl and s._quoted and not s._args else _NO_MATCH
+
+
+def _extract_name(s: ATerm) -> Any:
+    return s._name if s.__class__ is ATermAppl and not s._quoted and not s._args else _NO_MATCH
+
+
+def _extract_term(s: ATerm) -> Any:
+    return s
+
+
+def _extract_list(s: ATerm) -> Any:
+    return s if s.__class__ is ATermList else _NO_MATCH
+
+
+def _extract_placeholder(s: ATerm) -> Any:
+    return s if s.__class__ is ATermPlaceholder else _NO_MATCH
+
+
+_EXTRACTORS: dict[str, Callable[[ATerm], Any]] = {
+    "int": _extract_int,
+    "long": _extract_int,
+    "real": _extract_real,
+    "bool": _extract_bool,
+    "str": _extract_str,
+    "fun": _extract_name,
+    "appl": _extract_name,
+    "id": _extract_name,
+    "term": _extract_term,
+    "list": _extract_list,
+    "placeholder": _extract_placeholder,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1195,7 +1215,8 @@ def make(pattern: ATerm | str, *args: Any) -> ATerm:
                     _check_ident(name)
                 return ty._args, lambda r: _appl(name, tuple(r), quoted, annos)
             if not ty._args:
-                value = _fill(node, ty._name, take(node))
+                fill = _FILLERS.get(ty._name, _fill_unknown)
+                value = fill(node, take(node))  # a missing argument is reported before an unknown placeholder
                 return value.with_annotations(annos) if annos else value
         raise TypeError(f"make() does not know placeholder {node}; use one of {_KNOWN}")
 
@@ -1205,40 +1226,72 @@ def make(pattern: ATerm | str, *args: Any) -> ATerm:
     return result
 
 
-_KNOWN = "<int> <long> <real> <bool> <str> <fun> <appl> <id> <term> <list> <placeholder>"
-
-
 def _expect(node: ATerm, value: Any, *types: type) -> None:
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         names = " or ".join(t.__name__ for t in types)
         raise TypeError(f"placeholder {node} takes {names}, not {type(value).__name__} {value!r:.60}")
 
 
-def _fill(node: ATerm, tname: str, value: Any) -> ATerm:
-    if tname in _INT_TYPES:
-        _expect(node, value, int)
-        return _checked_int(value)
-    if tname == "real":
-        _expect(node, value, float, int)
-        return ATermReal(float(value))
-    if tname == "bool":
-        _expect(node, value, bool)
-        return TRUE if value else FALSE
-    if tname == "str":
-        _expect(node, value, str)
-        return _appl(value, (), True)
-    if tname in _ID_TYPES:
-        _expect(node, value, str)
-        _check_ident(value)
-        return _appl(value, (), False)
-    if tname == "term":
-        return term(value)
-    if tname == "list":
-        _expect(node, value, ATermList, list, tuple)
-        return term(value) if not isinstance(value, ATermList) else value
-    if tname == "placeholder":
-        _expect(node, value, ATerm)
-        return _placeholder(value)
+# What the placeholders without arguments take, and make of it: one function each, by name.
+
+
+def _fill_int(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, int)
+    return _checked_int(value)
+
+
+def _fill_real(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, float, int)
+    return ATermReal(float(value))
+
+
+def _fill_bool(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, bool)
+    return TRUE if value else FALSE
+
+
+def _fill_str(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, str)
+    return _appl(value, (), True)
+
+
+def _fill_name(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, str)
+    _check_ident(value)
+    return _appl(value, (), False)
+
+
+def _fill_term(node: ATerm, value: Any) -> ATerm:
+    return term(value)
+
+
+def _fill_list(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, ATermList, list, tuple)
+    return term(value) if not isinstance(value, ATermList) else value
+
+
+def _fill_placeholder(node: ATerm, value: Any) -> ATerm:
+    _expect(node, value, ATerm)
+    return _placeholder(value)
+
+
+_FILLERS: dict[str, Callable[[ATerm, Any], ATerm]] = {
+    "int": _fill_int,
+    "long": _fill_int,
+    "real": _fill_real,
+    "bool": _fill_bool,
+    "str": _fill_str,
+    "fun": _fill_name,
+    "appl": _fill_name,
+    "id": _fill_name,
+    "term": _fill_term,
+    "list": _fill_list,
+    "placeholder": _fill_placeholder,
+}
+_KNOWN = " ".join(f"<{name}>" for name in _FILLERS)
+
+
+def _fill_unknown(node: ATerm, value: Any) -> ATerm:
     raise TypeError(f"make() does not know placeholder {node}; use one of {_KNOWN}")
 
 

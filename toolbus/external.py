@@ -58,7 +58,6 @@ class ExternalTool(ToolInstance):
         # _send_lock keeps the bytes of concurrent sends in the order of their state changes.
         self._state_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._io_thread: threading.Thread | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
 
     @property
@@ -95,11 +94,10 @@ class ExternalTool(ToolInstance):
                 raise
         finally:
             listener.close()
-        self._io_thread = threading.Thread(
+        threading.Thread(
             target=self._io_loop, args=(generation, process, self._sock, self._conn, self._stderr_tail),
             name=f"toolbus-io-{self.name}-{self.tool_id}", daemon=True,
-        )  # fmt: skip
-        self._io_thread.start()
+        ).start()  # fmt: skip
 
     def _start_failure(
         self, process: subprocess.Popen, what: str, error_class: type[ToolCrashed] = ToolCrashed
