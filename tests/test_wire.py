@@ -14,8 +14,8 @@ from toolbus.wire import (
     Connect,
     Disconnect,
     Do,
+    Emission,
     Eval,
-    Event,
     EventGate,
     FrameReader,
     Interface,
@@ -97,7 +97,7 @@ def test_length_counts_the_whole_message_in_bytes():
 
 
 @pytest.mark.parametrize(
-    "message", [Connect("calc", 3), Value(parse('"x"')), Void(), Event(parse("e(1)")), Disconnect()]
+    "message", [Connect("calc", 3), Value(parse('"x"')), Void(), Emission(parse("e(1)")), Disconnect()]
 )
 def test_tool_messages_round_trip(message):
     assert from_term(to_term(message)) == message
@@ -130,10 +130,10 @@ def test_several_messages_in_one_chunk():
     bus = bus_in(ToolState.READY)
     fourth = frame(parse("snd-event(e(3))"))
     bus.receive_data(b"".join(frame(parse(f"snd-event(e({i}))")) for i in range(3)) + fourth[:4])
-    assert [bus.next_message() for _ in range(3)] == [Event(parse(f"e({i})")) for i in range(3)]
+    assert [bus.next_message() for _ in range(3)] == [Emission(parse(f"e({i})")) for i in range(3)]
     assert bus.next_message() is None  # the start of the fourth message waits for the rest
     bus.receive_data(fourth[4:])
-    assert bus.next_message() == Event(parse("e(3)"))
+    assert bus.next_message() == Emission(parse("e(3)"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_connect_needs_an_unquoted_name():
 
 
 def test_bus_may_not_send_tool_messages():
-    for message in [Connect("calc", 1), Value(parse("1")), Void(), Event(parse("e")), Disconnect()]:
+    for message in [Connect("calc", 1), Value(parse("1")), Void(), Emission(parse("e")), Disconnect()]:
         with pytest.raises(ProtocolError, match="message of the tool"):
             BusSide("calc").send(message)
 
@@ -269,7 +269,7 @@ def test_full_life():
     assert bus.state is ToolState.READY
     assert bus.send(Terminate("bye")) == frame(parse('rec-terminate("bye")'))
     assert bus.state is ToolState.CLOSING
-    assert say(bus, "snd-event(e(9))") == Event(parse("e(9)"))  # late words of the tool are dropped
+    assert say(bus, "snd-event(e(9))") == Emission(parse("e(9)"))  # late words of the tool are dropped
     assert bus.state is ToolState.CLOSING
     bus.receive_data(b"")
     assert bus.next_message() == Disconnect()
@@ -280,7 +280,7 @@ def test_full_life():
 @pytest.mark.parametrize("state", [ToolState.READY, ToolState.BLOCKED_EVAL, ToolState.BLOCKED_DO])
 def test_events_and_acks_while_ready_or_blocked(state):
     bus = bus_in(state)
-    assert say(bus, "snd-event(e(1))") == Event(parse("e(1)"))
+    assert say(bus, "snd-event(e(1))") == Emission(parse("e(1)"))
     assert bus.state is state
     assert bus.send(Ack(parse("e(1)"), parse("ok"))) == frame(parse("rec-ack-event(e(1),ok)"))
     assert bus.state is state

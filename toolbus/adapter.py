@@ -75,7 +75,7 @@ class ToolConnection:
             if not self._ready:
                 self._early.append(event)
                 return
-            self._sock.sendall(self._side.send(wire.Event(event)))
+            self._sock.sendall(self._side.send(wire.Emission(event)))
 
     def _accept_signature(self) -> None:
         """Answer the signature; from now on events go out, the early ones first."""
@@ -83,14 +83,14 @@ class ToolConnection:
             self._sock.sendall(self._side.send(wire.Void()))
             self._ready = True
             for event in self._early:
-                self._sock.sendall(self._side.send(wire.Event(event)))
+                self._sock.sendall(self._side.send(wire.Emission(event)))
             self._early.clear()
 
     def _acked(self, event: ATerm) -> None:
         with self._lock:
             held = self._gate.acknowledged(event)
             if held is not None:
-                self._sock.sendall(self._side.send(wire.Event(held)))
+                self._sock.sendall(self._side.send(wire.Emission(held)))
 
     def receive(self) -> wire.Message | None:
         """The next message from the bus; None when the connection has closed."""

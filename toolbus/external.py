@@ -223,7 +223,7 @@ class ExternalTool(ToolInstance):
                 self._answer(generation, message.value)
             elif isinstance(message, wire.Void):
                 self._answer(generation)
-            elif isinstance(message, wire.Event):
+            elif isinstance(message, wire.Emission):
                 self._event(generation, message.event)
             elif isinstance(message, wire.Disconnect):
                 return ToolCrashed(f"tool {self.name} disconnected")

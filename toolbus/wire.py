@@ -143,8 +143,9 @@ class Void:
 
 
 @dataclass(frozen=True)
-class Event:
-    """tool -> bus: ``snd-event(E)``, any time after the handshake."""
+class Emission:
+    """tool -> bus: ``snd-event(E)``, any time after the handshake: the tool emits an event. (The
+    application takes it as a ``worker.events.Event``; this is the message that carries it.)"""
 
     event: ATerm
 
@@ -169,7 +170,7 @@ class Disconnect:
     """tool -> bus: ``snd-disconnect``, or the connection closed."""
 
 
-Message = Connect | Interface | Eval | Do | Value | Void | Event | Ack | Terminate | Disconnect
+Message = Connect | Interface | Eval | Do | Value | Void | Emission | Ack | Terminate | Disconnect
 _BUS_MESSAGES = (Interface, Eval, Do, Ack, Terminate)  # the rest come from the tool
 
 
@@ -183,7 +184,7 @@ def to_term(message: Message) -> ATerm:
         return _appl("snd-value", (message.value,), False)
     if isinstance(message, Void):
         return _appl("snd-void", (), False)
-    if isinstance(message, Event):
+    if isinstance(message, Emission):
         return _appl("snd-event", (message.event,), False)
     if isinstance(message, Ack):
         return _appl("rec-ack-event", (message.event, message.result), False)
@@ -208,7 +209,7 @@ def from_term(t: ATerm) -> Message:
         if name == "snd-void" and not args:
             return Void()
         if name == "snd-event" and len(args) == 1:
-            return Event(args[0])
+            return Emission(args[0])
         if name == "rec-eval" and len(args) == 1:
             return Eval(args[0])
         if name == "rec-do" and len(args) == 1:
@@ -255,43 +256,42 @@ class ToolState(Enum):
     CLOSED = "closed"  # the tool disconnected
 
 
-S = ToolState
 #: (state, message type) -> next state. Sent and received messages share the table: their types
 #: never overlap (Eval/Do/Ack/Interface/Terminate go to the tool; the rest come from it).
 TRANSITIONS: dict[tuple[ToolState, type], ToolState] = {
-    (S.CONNECTING, Connect): S.CONNECTED,
-    (S.CONNECTED, Interface): S.HANDSHAKE,
-    (S.HANDSHAKE, Void): S.READY,
-    (S.READY, Eval): S.BLOCKED_EVAL,
-    (S.READY, Do): S.BLOCKED_DO,
-    (S.BLOCKED_EVAL, Value): S.READY,
-    (S.BLOCKED_DO, Void): S.READY,
-    (S.READY, Event): S.READY,
-    (S.BLOCKED_EVAL, Event): S.BLOCKED_EVAL,
-    (S.BLOCKED_DO, Event): S.BLOCKED_DO,
-    (S.READY, Ack): S.READY,
-    (S.BLOCKED_EVAL, Ack): S.BLOCKED_EVAL,
-    (S.BLOCKED_DO, Ack): S.BLOCKED_DO,
-    (S.CLOSING, Value): S.CLOSING,
-    (S.CLOSING, Void): S.CLOSING,
-    (S.CLOSING, Event): S.CLOSING,
+    (ToolState.CONNECTING, Connect): ToolState.CONNECTED,
+    (ToolState.CONNECTED, Interface): ToolState.HANDSHAKE,
+    (ToolState.HANDSHAKE, Void): ToolState.READY,
+    (ToolState.READY, Eval): ToolState.BLOCKED_EVAL,
+    (ToolState.READY, Do): ToolState.BLOCKED_DO,
+    (ToolState.BLOCKED_EVAL, Value): ToolState.READY,
+    (ToolState.BLOCKED_DO, Void): ToolState.READY,
+    (ToolState.READY, Emission): ToolState.READY,
+    (ToolState.BLOCKED_EVAL, Emission): ToolState.BLOCKED_EVAL,
+    (ToolState.BLOCKED_DO, Emission): ToolState.BLOCKED_DO,
+    (ToolState.READY, Ack): ToolState.READY,
+    (ToolState.BLOCKED_EVAL, Ack): ToolState.BLOCKED_EVAL,
+    (ToolState.BLOCKED_DO, Ack): ToolState.BLOCKED_DO,
+    (ToolState.CLOSING, Value): ToolState.CLOSING,
+    (ToolState.CLOSING, Void): ToolState.CLOSING,
+    (ToolState.CLOSING, Emission): ToolState.CLOSING,
 }
 # Terminate is allowed from every live state, Disconnect from every state.
-for _state in S:
-    if _state is not S.CLOSED:
-        TRANSITIONS[(_state, Terminate)] = S.CLOSING
-    TRANSITIONS[(_state, Disconnect)] = S.CLOSED
+for _state in ToolState:
+    if _state is not ToolState.CLOSED:
+        TRANSITIONS[(_state, Terminate)] = ToolState.CLOSING
+    TRANSITIONS[(_state, Disconnect)] = ToolState.CLOSED
 del _state
 
 _EXPECTED = {
-    S.CONNECTING: "snd-connect",
-    S.CONNECTED: "nothing before the signature is sent",
-    S.HANDSHAKE: "snd-void (the answer to the signature)",
-    S.READY: "snd-event or snd-disconnect (no request is outstanding)",
-    S.BLOCKED_EVAL: "snd-value, snd-event or snd-disconnect",
-    S.BLOCKED_DO: "snd-void, snd-event or snd-disconnect",
-    S.CLOSING: "the connection to close",
-    S.CLOSED: "nothing (the tool disconnected)",
+    ToolState.CONNECTING: "snd-connect",
+    ToolState.CONNECTED: "nothing before the signature is sent",
+    ToolState.HANDSHAKE: "snd-void (the answer to the signature)",
+    ToolState.READY: "snd-event or snd-disconnect (no request is outstanding)",
+    ToolState.BLOCKED_EVAL: "snd-value, snd-event or snd-disconnect",
+    ToolState.BLOCKED_DO: "snd-void, snd-event or snd-disconnect",
+    ToolState.CLOSING: "the connection to close",
+    ToolState.CLOSED: "nothing (the tool disconnected)",
 }
 
 

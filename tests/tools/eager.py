@@ -16,7 +16,7 @@ def main() -> None:
     sock, side = connect()
     for message in messages(sock, side):
         if isinstance(message, wire.Interface):
-            sock.sendall(side.send(wire.Void()) + side.send(wire.Event(parse("note(0)"))))
+            sock.sendall(side.send(wire.Void()) + side.send(wire.Emission(parse("note(0)"))))
         elif isinstance(message, wire.Eval):
             sock.sendall(side.send(wire.Value(parse("1"))))
         elif isinstance(message, wire.Terminate):

@@ -74,7 +74,7 @@ class Probe:
 
     def burst(self, count: int) -> None:
         for i in range(1, count + 1):
-            self.bus.send(wire.Event(make("note(<int>)", i)))
+            self.bus.send(wire.Emission(make("note(<int>)", i)))
 
     def leave(self, linger: bool) -> int:
         self.bus.send(wire.Disconnect())
