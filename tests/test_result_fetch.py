@@ -40,11 +40,11 @@ from fetch_support import (
 )
 from helpers import HAPPY_LOG, suite_redis_url, wait_until
 from portal_support import scratch_postgres_schema
-from sqlalchemy import select
+from sqlalchemy import event, select
 from vendor_stub import Answer, VendorStub
 
 from webapp import lifecycle
-from webapp.fetches import Claim, claim, decide
+from webapp.fetches import Claim, claim, decide, reopen
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, ToolCall, utcnow
 from webapp.vendor_client import FetchOutcome
@@ -453,6 +453,43 @@ def test_a_report_after_the_fetch_failed_fetches_again_and_stores_the_corrected_
     ]
     [result] = portal.results(attempt.toolcall_id)
     assert not result.late  # not late: the attempt ended only because this result was wrong
+
+
+def test_a_report_racing_an_operators_retry_does_not_reopen_the_fetch_it_stored(any_portal):
+    """The vendor reports a failed fetch's token again. Between the report's read of the fetch
+    (failed) and its write, an operator retries the fetch and the worker stores the corrected
+    result. The report must leave the stored fetch alone: re-opening it would fetch and store the
+    result a second time (late)."""
+    vendor = any_portal.new_vendor()
+    attempt = any_portal.begin(vendor)
+    token = new_token()
+    any_portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token, passed=None)))
+    any_portal.report(vendor, token)
+    fetch_id = any_portal.wait_fetch(vendor, token).id
+    any_portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token)))  # corrected
+    interleaved: list[str] = []
+
+    def retried_meanwhile(_connection, _cursor, statement: str, *_args) -> None:
+        # The report's write to the fetch record is about to run: the retry and its attempt go first.
+        if interleaved or not statement.lstrip().upper().startswith("UPDATE TOOLCALL_RESULTFETCH"):
+            return
+        interleaved.append(statement)
+        with any_portal.db.session() as session:
+            assert reopen(session, fetch_id, "retried by operator test")
+        interleaved.append(any_portal.send_fetch(fetch_id).get(timeout=WAIT))
+
+    event.listen(any_portal.db.engine, "before_cursor_execute", retried_meanwhile)
+    try:
+        any_portal.report(vendor, token)
+    finally:
+        event.remove(any_portal.db.engine, "before_cursor_execute", retried_meanwhile)
+    assert interleaved[-1].startswith("stored"), interleaved
+    fetch = any_portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts) == ("done", 2), vars(fetch)
+    assert any_portal.sweep()["requeued"] == 0
+    [result] = any_portal.results(attempt.toolcall_id)
+    assert not result.late
+    assert len(any_portal.requests(vendor, token)) == 2
 
 
 # ---- late results -----------------------------------------------------------------------------------

@@ -96,13 +96,14 @@ def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool
         log.info("result fetch %s owed to client %s", fetch.id, client.name)
         return fetch, True
     if fetch.state == "failed":
-        fetch.state = "owed"
-        fetch.reported_at = utcnow()
-        fetch.next_attempt_at = utcnow()
-        fetch.last_error = f"reported again after failing: {fetch.last_error}"
-        session.commit()
-        log.info("result fetch %s owed again to client %s", fetch.id, client.name)
-        return fetch, True
+        # Conditional, as an operator's retry is: between this read and the write, a retry may have
+        # re-opened the fetch and an attempt stored its result. Writing what was read would make a
+        # done fetch owed again, and the result would be stored a second time.
+        reopened = reopen(session, fetch.id, f"reported again after failing: {fetch.last_error}")
+        session.refresh(fetch)
+        if reopened:
+            log.info("result fetch %s owed again to client %s", fetch.id, client.name)
+        return fetch, reopened
     return fetch, False
 
 
