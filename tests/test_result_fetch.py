@@ -43,7 +43,7 @@ from portal_support import scratch_postgres_schema
 from sqlalchemy import event, select
 from vendor_stub import Answer, VendorStub
 
-from webapp import lifecycle
+from webapp import fetches, lifecycle, vendor_client
 from webapp.fetches import Claim, claim, decide, reopen
 from webapp.lifecycle import Status
 from webapp.models import Client, ResultFetch, ToolCall, utcnow
@@ -406,6 +406,44 @@ def test_an_attempt_that_outlived_its_claim_records_nothing_while_the_next_one_r
     assert taking_over.get(timeout=WAIT).startswith("stored")
     assert len(any_portal.results(attempt.toolcall_id)) == 1
     assert any_portal.log(attempt.toolcall_id) == HAPPY_LOG
+
+
+def test_an_attempt_that_raises_is_recorded_as_a_retry_and_the_give_up_time_applies(
+    portal, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever an attempt meets that nobody foresaw -- here the fetch client itself raising, a bug
+    injected in this process, since every known fault is an outcome -- is recorded on the fetch as
+    a retry with the reason. Unrecorded, the claim would lapse, the sweep would queue the fetch
+    again, and it would fail the same way for ever, past the give-up time."""
+    vendor = portal.new_vendor()
+    token = new_token()
+    fetch_id = owe(portal, vendor, token)
+
+    def broken_fetch_client(*_args, **_kwargs):
+        raise RuntimeError("a bug in the fetch client")
+
+    monkeypatch.setattr(vendor_client, "fetch_result", broken_fetch_client)
+    config = portal.app.config
+    reason = "the fetch failed unexpectedly: RuntimeError: a bug in the fetch client"
+
+    first = fetches.attempt(portal.db, fetch_id, config)
+
+    assert (first.outcome, first.text) == ("retry", f"retry in {first.retry_in:.3f} s: {reason}")
+    fetch = portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts, fetch.last_error, fetch.claimed_until) == ("owed", 1, reason, None)
+    assert fetch.next_attempt_at > utcnow()
+    # TOOLCALL_FETCH_GIVE_UP_SECS (a day) after the report, made to have passed; the retry is due.
+    portal.change(ResultFetch, fetch_id, reported_at=utcnow() - timedelta(days=1), next_attempt_at=utcnow())
+
+    second = fetches.attempt(portal.db, fetch_id, config)
+
+    assert second.outcome == "failed"
+    fetch = portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts, fetch.last_error) == (
+        "failed",
+        2,
+        f"gave up after 2 attempts; last: {reason}",
+    )
 
 
 def test_two_results_for_one_attempt_at_once_finish_it_once_and_store_the_other_late(any_portal):

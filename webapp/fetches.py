@@ -251,14 +251,24 @@ def attempt(db: Database, fetch_id: int, config: dict) -> Decision:
     if claimed is None:
         return NOTHING_TO_DO
     client = claimed.client
-    outcome = vendor_client.fetch_result(
-        client.result_url,
-        claimed.token,
-        client_secret=client.secret,
-        webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
-        production=config["TOOLCALL_PRODUCTION"],
-        within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
-    )
+    try:
+        outcome = vendor_client.fetch_result(
+            client.result_url,
+            claimed.token,
+            client_secret=client.secret,
+            webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
+            production=config["TOOLCALL_PRODUCTION"],
+            within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
+        )
+    except Exception as e:
+        # A bug: the fetch client makes an outcome of everything a vendor, the network or a URL
+        # does. Recorded as a retry with the reason all the same: unrecorded, the claim would lapse,
+        # the sweep would queue the fetch again and it would fail the same way for ever, past the
+        # give-up time.
+        log.exception("result fetch %s: the fetch failed unexpectedly", fetch_id)
+        outcome = FetchOutcome(
+            "retry", error=f"the fetch failed unexpectedly: {type(e).__name__}: {str(e)[:500]}"
+        )
     return decide(db, claimed, outcome, config)
 
 
