@@ -195,6 +195,24 @@ def test_a_retry_records_the_error_and_the_next_due_time_on_the_fetch(portal):
     assert portal.wait_fetch(vendor, token).state == "failed"
 
 
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"], ids=["zero", "a-past-date"])
+def test_a_retry_after_of_now_waits_the_backoff_all_the_same(portal, retry_after):
+    """``Retry-After: 0`` (or a date gone by) once made a fetch ask its vendor a thousand times in
+    ten seconds: the vendor's wish never makes a retry come sooner than the backoff would."""
+    vendor = portal.new_vendor()
+    attempt = portal.begin(vendor)
+    token = new_token()
+    now = Answer(429, b"slow down", {"Retry-After": retry_after})
+    portal.stub.script(vendor.name, token, now, now, now, Answer.json(result_body(attempt, token)))
+    portal.report(vendor, token)
+    assert portal.wait_fetch(vendor, token).state == "done"
+    times = [request.at for request in portal.requests(vendor, token)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert len(gaps) == 3
+    for n, gap in enumerate(gaps, start=1):
+        assert gap >= BACKOFF_BASE_SECS * 2**n / 2, gaps  # the backoff's lower bound after attempt n
+
+
 def test_a_fetch_that_keeps_failing_gives_up_after_the_give_up_time(portal):
     vendor = portal.new_vendor()
     attempt = portal.begin(vendor)
@@ -444,6 +462,45 @@ def test_an_attempt_that_raises_is_recorded_as_a_retry_and_the_give_up_time_appl
         2,
         f"gave up after 2 attempts; last: {reason}",
     )
+
+
+def test_a_decision_the_toolcall_keeps_spoiling_is_made_again_a_few_times_then_retried_later(any_portal):
+    """A decision whose ToolCall another process moved meanwhile is made again at once, on the new
+    state -- but only a few times: a ToolCall that changes under every decision (here: changed
+    inside the decision's own transaction, just before its compare-and-set, so the rollback undoes
+    it) must not make the fetch ask its vendor again and again without a pause."""
+    vendor = any_portal.new_vendor()
+    attempt = any_portal.begin(vendor)
+    token = new_token()
+    body = json.dumps(result_body(attempt, token)).encode()
+    fetch_id = owe(any_portal, vendor, token)
+    claimed = claim(any_portal.db, fetch_id)
+    spoiled: list[str] = []
+
+    def moved_meanwhile(connection, _cursor, statement: str, *_args) -> None:
+        if statement.lstrip().upper().startswith("UPDATE TOOLCALL_TOOLCALL"):
+            spoiled.append(statement)
+            moving = connection.connection.dbapi_connection.cursor()
+            moving.execute(
+                f"UPDATE toolcall_toolcall SET status = 'finished-err' WHERE id = {attempt.toolcall_id}"
+            )
+            moving.close()
+
+    event.listen(any_portal.db.engine, "before_cursor_execute", moved_meanwhile)
+    try:
+        decision = decide(any_portal.db, claimed, FetchOutcome("ok", 200, body), any_portal.app.config)
+    finally:
+        event.remove(any_portal.db.engine, "before_cursor_execute", moved_meanwhile)
+
+    assert decision.outcome == "retry" and "the attempt changed meanwhile" in decision.text, decision
+    # The backoff after attempt 1 (base 5 s in the portal's settings): at least half of 10 s.
+    assert decision.retry_in >= 5.0, decision
+    assert len(spoiled) == 1 + fetches.REDECIDES
+    fetch = any_portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts) == ("owed", 1)
+    assert fetch.last_error.startswith("the attempt changed meanwhile: "), fetch.last_error
+    assert any_portal.results(attempt.toolcall_id) == []
+    assert any_portal.toolcall(attempt.toolcall_id).status == "start-data-sent"
 
 
 def test_two_results_for_one_attempt_at_once_finish_it_once_and_store_the_other_late(any_portal):

@@ -18,9 +18,11 @@
    valid is stored and the ToolCall finishes (its four transitions are one change through
    ``webapp.lifecycle``); an attributed invalid one moves the ToolCall to ``result-received-err``;
    one that cannot be attributed fails the fetch. A retryable outcome (connection error, timeout,
-   5xx, 429, early 404/409/425) is retried after ``retry_delay``: the task hands a retry due within
+   5xx, 429, early 404/409/425) is retried after ``retry_delay``, or after the vendor's
+   ``Retry-After`` but never sooner than ``retry_floor``: the task hands a retry due within
    ``NEAR_RETRY_SECS`` back to the broker (Celery's own retry), the sweep queues later ones. Every
-   attempt is recorded on the row. The outcome is a ``Decision``.
+   attempt is recorded on the row, also one whose fetch or decision raised (as a retry, so that
+   the give-up time applies). The outcome is a ``Decision``.
 5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep queues owed fetches whose next attempt is
    overdue (their message was lost) or due after a far retry (``due``), and expires unused start
    tokens and attempts past their deadline (``expire``).
@@ -70,6 +72,9 @@ KEPT_BODY = 64 * 1024
 #: The retry delay's base (spec §5: 5 s; ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``) and its ceiling.
 RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
+#: How many times in a row a decision that another process's change to the ToolCall spoiled is made
+#: again at once (on the new state) before the attempt is retried after the backoff instead.
+REDECIDES = 3
 
 # ---- 1. owed ----------------------------------------------------------------------------------------
 
@@ -281,50 +286,56 @@ def retry_delay(attempt: int, base: float = RETRY_BASE, rng: _Random = random) -
     ``min(5 s · 2^n, 1 h)`` with equal jitter, i.e. half of it fixed and half random, so retries
     from many fetches spread out without any of them coming back much too early. ``base`` replaces
     the 5 s (``TOOLCALL_FETCH_BACKOFF_BASE_SECS``)."""
+    floor = retry_floor(attempt, base)
+    return floor + rng.random() * floor
+
+
+def retry_floor(attempt: int, base: float = RETRY_BASE) -> float:
+    """The least ``retry_delay`` waits after attempt ``attempt``: half of ``min(base · 2^n, 1 h)``.
+    A vendor's ``Retry-After`` is honoured from there on: asking for less (0, a date gone by) does
+    not make a retry come sooner."""
     if attempt < 0:
         raise ValueError(f"attempt must be 0 or more, not {attempt}")
     # Past 2^32 the cap applies for any sensible base; stopping there keeps 2**attempt small for
     # absurd attempt counts.
-    ceiling = min(base * 2 ** min(attempt, 32), RETRY_CAP)
-    return ceiling / 2 + rng.random() * ceiling / 2
+    return min(base * 2 ** min(attempt, 32), RETRY_CAP) / 2
 
 
 def decide(db: Database, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
     """Record what one attempt got (phase 4), in one transaction.
 
-    A decision that cannot be recorded (a database error, the ToolCall changed meanwhile) is
-    recorded as an attempt to retry instead; one whose claim was lost is not recorded at all."""
-    try:
-        with db.begin() as connection:
-            if outcome.kind == "ok":
-                return _store(connection, claimed, outcome.body, config)
-            if outcome.kind == "retry":
-                return _plan_retry(connection, claimed, outcome, config)
-            return _fail(connection, claimed, outcome.body, outcome.error)
-    except ClaimLost:
-        return _claim_lost(claimed)
-    except Exception as e:
-        # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as
-        # one to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would
-        # re-queue it, and it would fail the same way for ever, the give-up time never applying.
-        # A ToolCall that another process moved meanwhile (another result for the same attempt, the
-        # sweep) is decided again at once, on its new state; anything else after the backoff.
-        concurrent = isinstance(e, lifecycle.ConcurrentTransition)
-        if not concurrent:
-            log.exception("result fetch %s: recording the outcome failed", claimed.fetch_id)
-        retry = FetchOutcome(
-            "retry",
-            outcome.status,
-            outcome.body,
-            error=f"{'the attempt changed meanwhile' if concurrent else 'recording the result failed'}: "
-            + str(e)[:500],  # a database error can quote a whole statement
-            retry_after=0.0 if concurrent else None,
-        )
+    A decision that another process spoiled by moving the ToolCall meanwhile (another result for
+    the same attempt, the sweep) is made again at once, on the ToolCall's new state, up to
+    ``REDECIDES`` times. A decision that still cannot be recorded (a database error, the ToolCall
+    changing every time) is recorded as an attempt to retry after the backoff instead; one whose
+    claim was lost is not recorded at all."""
+    for redecide in range(REDECIDES + 1):
         try:
             with db.begin() as connection:
-                return _plan_retry(connection, claimed, retry, config)
+                if outcome.kind == "ok":
+                    return _store(connection, claimed, outcome.body, config)
+                if outcome.kind == "retry":
+                    return _plan_retry(connection, claimed, outcome, config)
+                return _fail(connection, claimed, outcome.body, outcome.error)
         except ClaimLost:
             return _claim_lost(claimed)
+        except lifecycle.ConcurrentTransition as e:
+            if redecide < REDECIDES:
+                continue  # the same body, decided again on the ToolCall's new state
+            error = f"the attempt changed meanwhile: {e}"
+        except Exception as e:
+            log.exception("result fetch %s: recording the outcome failed", claimed.fetch_id)
+            error = f"recording the result failed: {str(e)[:500]}"  # it can quote a whole statement
+        break
+    # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as one
+    # to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would re-queue
+    # it, and it would fail the same way for ever, the give-up time never applying.
+    retry = FetchOutcome("retry", outcome.status, outcome.body, error=error)
+    try:
+        with db.begin() as connection:
+            return _plan_retry(connection, claimed, retry, config)
+    except ClaimLost:
+        return _claim_lost(claimed)
 
 
 def _claim_lost(claimed: Claim) -> Decision:
@@ -367,11 +378,13 @@ def _fail(db: Connection, claimed: Claim, body: bytes, reason: str, **values) ->
 
 
 def _plan_retry(db: Connection, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
-    delay = (
-        outcome.retry_after
-        if outcome.retry_after is not None
-        else retry_delay(claimed.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
-    )
+    base = config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"]
+    if outcome.retry_after is None:
+        delay = retry_delay(claimed.attempts, base=base)
+    else:
+        # The vendor's wish, but never sooner than the backoff: "Retry-After: 0" (or a date gone
+        # by) made one fetch ask its vendor a thousand times in ten seconds.
+        delay = max(outcome.retry_after, retry_floor(claimed.attempts, base=base))
     due = utcnow() + timedelta(seconds=delay)
     if due > claimed.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):
         return _fail(
