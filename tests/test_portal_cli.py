@@ -262,6 +262,17 @@ def test_a_setting_that_is_not_a_number_is_reported_by_name(tmp_path, portal_env
         settings(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"), [("many", "is not a whole number"), ("0", "must be 1 or more")]
+)
+def test_the_cap_of_owed_fetches_must_be_a_whole_number_of_at_least_one(
+    tmp_path, portal_environment, value, problem
+):
+    portal_environment.setenv("TOOLCALL_MAX_OWED_FETCHES", value)
+    with pytest.raises(ConfigurationError, match=f"TOOLCALL_MAX_OWED_FETCHES='{value}' {problem}"):
+        settings(tmp_path)
+
+
 def test_the_apps_config_wins_over_the_environment(tmp_path, portal_environment):
     portal_environment.setenv("DATABASE_URL", "postgresql+psycopg://nobody@db.invalid/nothing")
     app = create_app({"INSTANCE_PATH": tmp_path, "DATABASE_URL": f"sqlite:///{tmp_path / 'mine.sqlite3'}"})

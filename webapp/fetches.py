@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -79,14 +79,28 @@ REDECIDES = 3
 # ---- 1. owed ----------------------------------------------------------------------------------------
 
 
-def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool]:
+class TooManyOwed(Exception):
+    """The client has as many fetches owed as it may have at once; the text says so, for the vendor."""
+
+
+def owe(
+    session: Session,
+    client: Client,
+    token: str,
+    max_owed: int | None = None,
+) -> tuple[ResultFetch, bool]:
     """Record that a fetch of (client, token) is owed; True when it became owed now.
 
-    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying
-    "try again", and it is owed again."""
+    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying "try
+    again", and it is owed again. Raises ``TooManyOwed`` (recording nothing) when the report would
+    make a fetch owed while the client has ``max_owed`` owed already: each owed fetch costs requests
+    to the vendor, and a report needs no authentication."""
     fetch = session.scalar(
         select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
     )
+    again = fetch is not None and fetch.state == "failed"
+    if max_owed is not None and (fetch is None or again):
+        _check_owed(session, client, max_owed)
     if fetch is None:
         fetch = ResultFetch(client_id=client.id, token=token, state="owed", next_attempt_at=utcnow())
         session.add(fetch)
@@ -100,7 +114,7 @@ def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool
             return fetch, False
         log.info("result fetch %s owed to client %s", fetch.id, client.name)
         return fetch, True
-    if fetch.state == "failed":
+    if again:
         # Conditional, as an operator's retry is: between this read and the write, a retry may have
         # re-opened the fetch and an attempt stored its result. Writing what was read would make a
         # done fetch owed again, and the result would be stored a second time.
@@ -110,6 +124,19 @@ def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool
             log.info("result fetch %s owed again to client %s", fetch.id, client.name)
         return fetch, reopened
     return fetch, False
+
+
+def _check_owed(session: Session, client: Client, max_owed: int) -> None:
+    owed = session.scalar(
+        select(func.count())
+        .select_from(ResultFetch)
+        .where(ResultFetch.client_id == client.id, ResultFetch.state == "owed")
+    )
+    if owed >= max_owed:
+        raise TooManyOwed(
+            f"client {client.name} has {owed} result fetches owed, as many as it may have at once; "
+            "report this result again in a minute"
+        )
 
 
 def reopen(session: Session, fetch_id: int, note: str) -> bool:
