@@ -195,8 +195,13 @@ def result():
         return api_error("missing-token", "no result token given (query parameter access_token)")
     if not RESULT_TOKEN.fullmatch(token):
         return api_error("token-invalid", "a result token is 1-255 printable ASCII characters", token)
+    # The result page's own refresh (``watch=1``) only looks: a report re-opens a failed fetch, and
+    # a page refreshing every 3 s would re-open it for as long as the window stays open.
+    watching = request.args.get("watch") == "1"
     try:
-        fetch, owed_now = fetches.owe(session, client, token, max_owed=max_owed_fetches())
+        fetch, owed_now = fetches.owe(
+            session, client, token, max_owed=max_owed_fetches(), reopen_failed=not watching
+        )
     except fetches.TooManyOwed as e:
         response = api_error("rate-limited", str(e), token)
         response.headers["Retry-After"] = str(OWED_RETRY_AFTER_SECS)
@@ -211,7 +216,7 @@ def result():
         return render_template(
             "result_status.html",
             fetch=fetch,
-            refresh_url=url_for("api.result", access_token=token, client=name),
+            refresh_url=url_for("api.result", access_token=token, client=name, watch="1"),
         )
     return jsonify({"type": "ok", "token": token, "data": {}})
 

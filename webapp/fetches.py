@@ -88,17 +88,19 @@ def owe(
     client: Client,
     token: str,
     max_owed: int | None = None,
+    reopen_failed: bool = True,
 ) -> tuple[ResultFetch, bool]:
     """Record that a fetch of (client, token) is owed; True when it became owed now.
 
     A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying "try
-    again", and it is owed again. Raises ``TooManyOwed`` (recording nothing) when the report would
-    make a fetch owed while the client has ``max_owed`` owed already: each owed fetch costs requests
-    to the vendor, and a report needs no authentication."""
+    again", and it is owed again (unless ``reopen_failed`` is false: the result page's refresh only
+    looks). Raises ``TooManyOwed`` (recording nothing) when the report would make a fetch owed while
+    the client has ``max_owed`` owed already: each owed fetch costs requests to the vendor, and a
+    report needs no authentication."""
     fetch = session.scalar(
         select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
     )
-    again = fetch is not None and fetch.state == "failed"
+    again = reopen_failed and fetch is not None and fetch.state == "failed"
     if max_owed is not None and (fetch is None or again):
         _check_owed(session, client, max_owed)
     if fetch is None:
