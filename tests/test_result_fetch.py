@@ -46,7 +46,7 @@ from vendor_stub import Answer, VendorStub
 from webapp import fetches, lifecycle, vendor_client
 from webapp.fetches import Claim, claim, decide, reopen
 from webapp.lifecycle import Status
-from webapp.models import Client, ResultFetch, ToolCall, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, utcnow
 from webapp.vendor_client import FetchOutcome
 from webapp.webhooks import verify_webhook
 from worker.app import make_app
@@ -612,6 +612,27 @@ def test_a_late_result_for_a_superseded_attempt_is_stored_late_and_finishes_it(p
     ]
     [result] = portal.results(attempt.toolcall_id)
     assert result.late
+
+
+def test_a_late_result_finishes_a_superseded_attempt_of_an_exam_that_is_not_restartable_too(portal):
+    """Decided (docs/lifecycles.md): *not restartable* governs starting a new attempt, not what a
+    result does; a result the vendor reports for a superseded attempt is the candidate's work."""
+    vendor = portal.new_vendor()
+    portal.change(Exam, vendor.tool_id, restartable=False)
+    first = portal.begin(vendor)
+    with portal.db.session() as session:  # the user started again before the vendor reported
+        toolcall = session.get(ToolCall, first.toolcall_id)
+        lifecycle.advance(session, toolcall, (Status.FINISHED_ERR, "superseded by attempt 2"))
+    second = portal.begin(vendor)
+    for attempt in (second, first):  # the second attempt's result, then the first's, late
+        token = new_token()
+        portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token)))
+        portal.report(vendor, token)
+        assert portal.wait_fetch(vendor, token).state == "done"
+    statuses = [portal.toolcall(attempt.toolcall_id).status for attempt in (first, second)]
+    assert statuses == ["finished-ok", "finished-ok"]
+    assert [result.late for result in portal.results(first.toolcall_id)] == [True]
+    assert [result.late for result in portal.results(second.toolcall_id)] == [False]
 
 
 def test_a_second_result_for_a_finished_attempt_is_stored_late_without_a_state_change(portal):
