@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import re
 import threading
 import time
 
@@ -246,6 +248,33 @@ def test_a_browser_reporting_a_result_sees_a_page_that_refreshes_until_stored(po
     )
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert b'http-equiv="refresh"' in response.data and b"candidate" not in response.data
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml"}
+
+
+def test_the_result_page_of_a_failed_fetch_says_what_happens_and_its_refresh_reopens_nothing(
+    portal, redis_db
+):
+    """A browser sent to ``/result/`` sees the result's state; the page refreshes itself while the
+    fetch is owed. Its refresh only looks: were it a report like the first visit, a failed fetch
+    would be re-opened every 3 s for as long as the window stays open, and the failure never shown."""
+    client = portal.test_client()
+    page = client.get("/result/?access_token=R1&client=vendor", headers=BROWSER).data.decode()
+    refresh = re.search(r'<meta http-equiv="refresh" content="3; url=([^"]+)">', page)
+    assert refresh, page
+    with portal.extensions["db"].session() as session:
+        fetch = session.scalar(select(ResultFetch))
+        fetch.state, fetch.last_error = "failed", "invalid result: passed is None, not true or false"
+    shown = client.get(html.unescape(refresh.group(1)), headers=BROWSER)
+    assert shown.status_code == 200
+    text = shown.data.decode()
+    assert "Your result could not be fetched." in text and 'http-equiv="refresh"' not in text
+    assert "It is listed on the operators' pages, where it can be retried." in text
+    assert "notified" not in text  # nobody is
+    with portal.extensions["db"].session() as session:
+        assert session.scalar(select(ResultFetch)).state == "failed"
+    assert redis_db.llen("callbacks") == 1  # the first visit's trigger only
 
 
 @pytest.mark.parametrize("stamp", ["²", "1" * 5000, "-5", ""])

@@ -7,11 +7,14 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from portal_support import (
     add_client,
+    add_tool,
     add_user,
     count,
 )
@@ -19,7 +22,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from webapp.db import MIGRATIONS, Database
-from webapp.models import Base, ResultFetch, User, utcnow
+from webapp.models import Base, ResultFetch, ToolCall, User, utcnow
 
 #: The tables of §7 with the columns the spec names (more are allowed), and the users table.
 SPEC_TABLES = {
@@ -84,6 +87,38 @@ def test_upgrading_twice_is_safe_and_keeps_the_data(database_url):
         assert current_revision(database) == head_revision()
         with database.session() as session:
             assert count(session, User) == 1
+    finally:
+        database.dispose()
+
+
+def upgrade_to(database: Database, revision: str) -> None:
+    """Migrate ``database`` to ``revision`` (``Database.upgrade`` goes to the newest one)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def test_attempt_numbers_taken_twice_are_moved_past_the_highest_when_they_become_unique(database_url):
+    """Before attempt numbers were unique, two starts at once could both take the same number; the
+    migration that makes them unique renumbers what the race left, in the order it was made."""
+    database = Database(database_url)
+    try:
+        upgrade_to(database, "0001")
+        with database.session() as session:
+            client = add_client(session)
+            tool, other = add_tool(session, client, "excel"), add_tool(session, client, "word")
+            user = add_user(session)
+            for exam, number in [(tool, 1), (tool, 1), (tool, 2), (other, 1), (tool, 2), (tool, 1)]:
+                session.add(ToolCall(tool=exam, user=user, status="finished-err", attempt=number))
+        database.upgrade()
+        with database.session() as session:
+            rows = session.execute(select(ToolCall.tool_id, ToolCall.attempt).order_by(ToolCall.id)).all()
+        assert [number for _, number in rows] == [1, 3, 2, 1, 4, 5]
+        with pytest.raises(IntegrityError), database.session() as session:
+            session.add(ToolCall(tool_id=rows[0].tool_id, user_id=user.id, status="initial", attempt=5))
+            session.flush()
     finally:
         database.dispose()
 

@@ -564,6 +564,25 @@ def test_a_client_url_must_be_http_or_https(ops, url):
     assert "acme" not in clients(ops)
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (
+            "https://vendor..example.org/result/",
+            "invalid vendor URL: host name &#39;vendor..example.org&#39;",
+        ),
+        ("http://[::1", "invalid vendor URL: Invalid IPv6 URL"),
+        ("http://[::1/result/", "invalid vendor URL: Invalid IPv6 URL"),
+        ("https://acme.example:99999/result/", "invalid vendor URL: Port out of range 0-65535"),
+    ],
+)
+def test_a_client_url_no_request_can_be_made_to_is_a_field_error(ops, url, reason):
+    response = post_form(logged_in(ops, *OPERATOR), "/ops/clients/new/", client_form(result=url))
+    assert response.status_code == 400
+    assert f'<span class="error">{reason}'.encode() in response.data, response.data.decode()
+    assert "acme" not in clients(ops)
+
+
 def test_in_production_a_client_url_must_be_https(ops):
     ops.config["TOOLCALL_PRODUCTION"] = True
     response = post_form(

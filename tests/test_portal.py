@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import re
+import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from helpers import HAPPY_LOG
 from portal_support import (
+    REDIS_URL,
     add_client,
     add_tool,
     add_user,
     csrf,
     logged_in,
 )
-from sqlalchemy import select
+from sqlalchemy import event, select
 
-from webapp import lifecycle
+from webapp import create_app, lifecycle
 from webapp.lifecycle import Status
 from webapp.models import ToolCall, ToolCallLog
 
 
-@pytest.fixture(name="portal")
-def portal_fixture(app, redis_db):
+def furnish(app):
+    """``app``'s database migrated, with a vendor, its exam "excel" and a candidate."""
     app.extensions["db"].upgrade()
     with app.extensions["db"].session() as session:
         client = add_client(session, "vendor")
@@ -30,6 +32,11 @@ def portal_fixture(app, redis_db):
         add_tool(session, client, "excel")
         add_user(session, "candidate", password="secret")
     return app
+
+
+@pytest.fixture(name="portal")
+def portal_fixture(app, redis_db):
+    return furnish(app)
 
 
 def start(client, slug="excel"):
@@ -124,6 +131,61 @@ def test_a_new_attempt_supersedes_the_open_one(portal):
     with portal.extensions["db"].session() as session:
         last = session.scalars(select(ToolCallLog).where(ToolCallLog.toolcall_id == first.id)).all()[-1]
         assert last.status == "finished-err" and "superseded" in last.details
+
+
+@pytest.fixture(name="portal_on_each_database")
+def portal_on_each_database_fixture(database_url, tmp_path, portal_environment, redis_db):
+    """The portal of ``portal``, once on SQLite and once on PostgreSQL (they lock differently)."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": tmp_path / "instance",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "SECRET_KEY": "a test key",
+        }
+    )
+    yield furnish(app)
+    app.extensions["db"].dispose()
+
+
+#: The INSERT of a new attempt (not of a log row: toolcall_toolcalllog).
+NEW_ATTEMPT = re.compile(r"\s*INSERT INTO toolcall_toolcall\b", re.IGNORECASE)
+
+
+def test_two_starts_at_once_leave_one_open_attempt_and_no_number_twice(portal_on_each_database):
+    """A double click opens two windows: two starts of the same exam by the same user at once.
+    Each request is held at its first INSERT of an attempt until the other one has got there too,
+    so both have read the user's attempts before either wrote one -- the race, every time."""
+    app = portal_on_each_database
+    windows = [logged_in(app, "candidate", "secret") for _ in range(2)]
+    tokens = [csrf(window.get("/tooluser/tools/excel/").data) for window in windows]
+    both_read = threading.Barrier(2)
+    held = threading.local()
+
+    def hold_the_first_insert(_connection, _cursor, statement: str, *_args) -> None:
+        if NEW_ATTEMPT.match(statement) and not getattr(held, "once", False):
+            held.once = True
+            both_read.wait(timeout=30)
+
+    answers: list = [None, None]
+
+    def click(n: int) -> None:
+        answers[n] = windows[n].post("/tooluser/tools/excel/", data={"csrf_token": tokens[n]})
+
+    event.listen(app.extensions["db"].engine, "before_cursor_execute", hold_the_first_insert)
+    try:
+        clicks = [threading.Thread(target=click, args=(n,)) for n in range(2)]
+        for thread in clicks:
+            thread.start()
+        for thread in clicks:
+            thread.join(timeout=60)
+    finally:
+        event.remove(app.extensions["db"].engine, "before_cursor_execute", hold_the_first_insert)
+    assert [answer.status_code for answer in answers] == [303, 303]
+    made = attempts(app)
+    assert sorted(toolcall.attempt for toolcall in made) == [1, 2]
+    assert sorted(toolcall.status for toolcall in made) == [Status.FINISHED_ERR, Status.START_TK_SENT]
 
 
 def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attempt(portal):

@@ -123,6 +123,39 @@ def test_clients_add_without_a_secret_saves_none(migrated):
     assert rows(migrated, Client)[0].secret is None
 
 
+@pytest.mark.parametrize(
+    ("option", "url", "reason"),
+    [
+        ("--result-url", "https://vendor..example.org/result/", "has an empty label"),
+        ("--result-url", "http://[::1", "invalid vendor URL: Invalid IPv6 URL"),
+        ("--start-url", "http://[::1/start/", "invalid vendor URL: Invalid IPv6 URL"),
+        ("--start-url", "ftp://v.example.org/start/", "vendor URL scheme 'ftp' is not http or https"),
+    ],
+)
+def test_clients_add_with_a_url_no_request_can_be_made_to_fails_and_says_why(migrated, option, url, reason):
+    urls = {"--start-url": "https://v.example.org/start/", "--result-url": "https://v.example.org/result/"}
+    urls[option] = url
+    result = invoke(migrated, "clients", "add", "vendor", *[part for pair in urls.items() for part in pair])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"Invalid value for '{option}'" in result.output and reason in result.output, result.output
+    assert "Traceback" not in result.output
+    assert rows(migrated, Client) == []
+
+
+def test_clients_add_in_production_refuses_an_http_url(tmp_path, portal_environment):
+    app = create_app(
+        {"TESTING": True, "INSTANCE_PATH": tmp_path / "instance", "SECRET_KEY": "k",
+         "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}", "TOOLCALL_PRODUCTION": True}
+    )  # fmt: skip
+    try:
+        succeeds(app, "init-db")
+        urls = ["--start-url", "https://v.example/", "--result-url", "http://v.example/"]
+        result = invoke(app, "clients", "add", "v", *urls)
+        assert result.exit_code == 2 and "http vendor URLs are refused in production" in result.output
+    finally:
+        app.extensions["db"].dispose()
+
+
 def test_tools_add_saves_a_tool_of_a_client(migrated):
     succeeds(migrated, "clients", "add", "vendor", "--start-url", "https://a/", "--result-url", "https://b/")
     succeeds(
@@ -226,6 +259,17 @@ def test_secret_key_fallbacks_are_a_comma_separated_list(tmp_path, portal_enviro
 def test_a_setting_that_is_not_a_number_is_reported_by_name(tmp_path, portal_environment):
     portal_environment.setenv("TOOLCALL_TOKEN_TIMEOUT_SECS", "ten")
     with pytest.raises(ConfigurationError, match="TOOLCALL_TOKEN_TIMEOUT_SECS"):
+        settings(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [("many", "is not a whole number"), ("0", "must be 1 or more")]
+)
+def test_the_cap_of_owed_fetches_must_be_a_whole_number_of_at_least_one(
+    tmp_path, portal_environment, value, problem
+):
+    portal_environment.setenv("TOOLCALL_MAX_OWED_FETCHES", value)
+    with pytest.raises(ConfigurationError, match=f"TOOLCALL_MAX_OWED_FETCHES='{value}' {problem}"):
         settings(tmp_path)
 
 

@@ -40,13 +40,13 @@ from fetch_support import (
 )
 from helpers import CALLBACKS_KEY, HAPPY_LOG, suite_redis_url, wait_until
 from portal_support import scratch_postgres_schema
-from sqlalchemy import select
+from sqlalchemy import event, select
 from vendor_stub import Answer, VendorStub
 
-from webapp import lifecycle
-from webapp.fetches import Claim, claim, decide
+from webapp import fetches, lifecycle, vendor_client
+from webapp.fetches import Claim, claim, decide, reopen
 from webapp.lifecycle import Status
-from webapp.models import Client, ResultFetch, ToolCall, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, utcnow
 from webapp.vendor_client import FetchOutcome
 from webapp.webhooks import verify_webhook
 from worker.app import make_app
@@ -193,6 +193,24 @@ def test_a_retry_records_the_error_and_the_next_due_time_on_the_fetch(portal):
         portal.stub.script(vendor.name, token, Answer(400, b"gone"))
         hold.set()
     assert portal.wait_fetch(vendor, token).state == "failed"
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"], ids=["zero", "a-past-date"])
+def test_a_retry_after_of_now_waits_the_backoff_all_the_same(portal, retry_after):
+    """``Retry-After: 0`` (or a date gone by) once made a fetch ask its vendor a thousand times in
+    ten seconds: the vendor's wish never makes a retry come sooner than the backoff would."""
+    vendor = portal.new_vendor()
+    attempt = portal.begin(vendor)
+    token = new_token()
+    now = Answer(429, b"slow down", {"Retry-After": retry_after})
+    portal.stub.script(vendor.name, token, now, now, now, Answer.json(result_body(attempt, token)))
+    portal.report(vendor, token)
+    assert portal.wait_fetch(vendor, token).state == "done"
+    times = [request.at for request in portal.requests(vendor, token)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert len(gaps) == 3
+    for n, gap in enumerate(gaps, start=1):
+        assert gap >= BACKOFF_BASE_SECS * 2**n / 2, gaps  # the backoff's lower bound after attempt n
 
 
 def test_a_fetch_that_keeps_failing_gives_up_after_the_give_up_time(portal):
@@ -408,6 +426,83 @@ def test_an_attempt_that_outlived_its_claim_records_nothing_while_the_next_one_r
     assert any_portal.log(attempt.toolcall_id) == HAPPY_LOG
 
 
+def test_an_attempt_that_raises_is_recorded_as_a_retry_and_the_give_up_time_applies(
+    portal, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever an attempt meets that nobody foresaw -- here the fetch client itself raising, a bug
+    injected in this process, since every known fault is an outcome -- is recorded on the fetch as
+    a retry with the reason. Unrecorded, the claim would lapse, the sweep would queue the fetch
+    again, and it would fail the same way for ever, past the give-up time."""
+    vendor = portal.new_vendor()
+    token = new_token()
+    fetch_id = owe(portal, vendor, token)
+
+    def broken_fetch_client(*_args, **_kwargs):
+        raise RuntimeError("a bug in the fetch client")
+
+    monkeypatch.setattr(vendor_client, "fetch_result", broken_fetch_client)
+    config = portal.app.config
+    reason = "the fetch failed unexpectedly: RuntimeError: a bug in the fetch client"
+
+    first = fetches.attempt(portal.db, fetch_id, config)
+
+    assert (first.outcome, first.text) == ("retry", f"retry in {first.retry_in:.3f} s: {reason}")
+    fetch = portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts, fetch.last_error, fetch.claimed_until) == ("owed", 1, reason, None)
+    assert fetch.next_attempt_at > utcnow()
+    # TOOLCALL_FETCH_GIVE_UP_SECS (a day) after the report, made to have passed; the retry is due.
+    portal.change(ResultFetch, fetch_id, reported_at=utcnow() - timedelta(days=1), next_attempt_at=utcnow())
+
+    second = fetches.attempt(portal.db, fetch_id, config)
+
+    assert second.outcome == "failed"
+    fetch = portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts, fetch.last_error) == (
+        "failed",
+        2,
+        f"gave up after 2 attempts; last: {reason}",
+    )
+
+
+def test_a_decision_the_toolcall_keeps_spoiling_is_made_again_a_few_times_then_retried_later(any_portal):
+    """A decision whose ToolCall another process moved meanwhile is made again at once, on the new
+    state -- but only a few times: a ToolCall that changes under every decision (here: changed
+    inside the decision's own transaction, just before its compare-and-set, so the rollback undoes
+    it) must not make the fetch ask its vendor again and again without a pause."""
+    vendor = any_portal.new_vendor()
+    attempt = any_portal.begin(vendor)
+    token = new_token()
+    body = json.dumps(result_body(attempt, token)).encode()
+    fetch_id = owe(any_portal, vendor, token)
+    claimed = claim(any_portal.db, fetch_id)
+    spoiled: list[str] = []
+
+    def moved_meanwhile(connection, _cursor, statement: str, *_args) -> None:
+        if statement.lstrip().upper().startswith("UPDATE TOOLCALL_TOOLCALL"):
+            spoiled.append(statement)
+            moving = connection.connection.dbapi_connection.cursor()
+            moving.execute(
+                f"UPDATE toolcall_toolcall SET status = 'finished-err' WHERE id = {attempt.toolcall_id}"
+            )
+            moving.close()
+
+    event.listen(any_portal.db.engine, "before_cursor_execute", moved_meanwhile)
+    try:
+        decision = decide(any_portal.db, claimed, FetchOutcome("ok", 200, body), any_portal.app.config)
+    finally:
+        event.remove(any_portal.db.engine, "before_cursor_execute", moved_meanwhile)
+
+    assert decision.outcome == "retry" and "the attempt changed meanwhile" in decision.text, decision
+    # The backoff after attempt 1 (base 5 s in the portal's settings): at least half of 10 s.
+    assert decision.retry_in >= 5.0, decision
+    assert len(spoiled) == 1 + fetches.REDECIDES
+    fetch = any_portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts) == ("owed", 1)
+    assert fetch.last_error.startswith("the attempt changed meanwhile: "), fetch.last_error
+    assert any_portal.results(attempt.toolcall_id) == []
+    assert any_portal.toolcall(attempt.toolcall_id).status == "start-data-sent"
+
+
 def test_two_results_for_one_attempt_at_once_finish_it_once_and_store_the_other_late(any_portal):
     vendor = any_portal.new_vendor()
     attempt = any_portal.begin(vendor)
@@ -455,6 +550,43 @@ def test_a_report_after_the_fetch_failed_fetches_again_and_stores_the_corrected_
     assert not result.late  # not late: the attempt ended only because this result was wrong
 
 
+def test_a_report_racing_an_operators_retry_does_not_reopen_the_fetch_it_stored(any_portal):
+    """The vendor reports a failed fetch's token again. Between the report's read of the fetch
+    (failed) and its write, an operator retries the fetch and the worker stores the corrected
+    result. The report must leave the stored fetch alone: re-opening it would fetch and store the
+    result a second time (late)."""
+    vendor = any_portal.new_vendor()
+    attempt = any_portal.begin(vendor)
+    token = new_token()
+    any_portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token, passed=None)))
+    any_portal.report(vendor, token)
+    fetch_id = any_portal.wait_fetch(vendor, token).id
+    any_portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token)))  # corrected
+    interleaved: list[str] = []
+
+    def retried_meanwhile(_connection, _cursor, statement: str, *_args) -> None:
+        # The report's write to the fetch record is about to run: the retry and its attempt go first.
+        if interleaved or not statement.lstrip().upper().startswith("UPDATE TOOLCALL_RESULTFETCH"):
+            return
+        interleaved.append(statement)
+        with any_portal.db.session() as session:
+            assert reopen(session, fetch_id, "retried by operator test")
+        interleaved.append(any_portal.send_fetch(fetch_id).get(timeout=WAIT))
+
+    event.listen(any_portal.db.engine, "before_cursor_execute", retried_meanwhile)
+    try:
+        any_portal.report(vendor, token)
+    finally:
+        event.remove(any_portal.db.engine, "before_cursor_execute", retried_meanwhile)
+    assert interleaved[-1].startswith("stored"), interleaved
+    fetch = any_portal.fetch(vendor, token)
+    assert (fetch.state, fetch.attempts) == ("done", 2), vars(fetch)
+    assert any_portal.sweep()["requeued"] == 0
+    [result] = any_portal.results(attempt.toolcall_id)
+    assert not result.late
+    assert len(any_portal.requests(vendor, token)) == 2
+
+
 # ---- late results -----------------------------------------------------------------------------------
 
 
@@ -480,6 +612,27 @@ def test_a_late_result_for_a_superseded_attempt_is_stored_late_and_finishes_it(p
     ]
     [result] = portal.results(attempt.toolcall_id)
     assert result.late
+
+
+def test_a_late_result_finishes_a_superseded_attempt_of_an_exam_that_is_not_restartable_too(portal):
+    """Decided (docs/lifecycles.md): *not restartable* governs starting a new attempt, not what a
+    result does; a result the vendor reports for a superseded attempt is the candidate's work."""
+    vendor = portal.new_vendor()
+    portal.change(Exam, vendor.tool_id, restartable=False)
+    first = portal.begin(vendor)
+    with portal.db.session() as session:  # the user started again before the vendor reported
+        toolcall = session.get(ToolCall, first.toolcall_id)
+        lifecycle.advance(session, toolcall, (Status.FINISHED_ERR, "superseded by attempt 2"))
+    second = portal.begin(vendor)
+    for attempt in (second, first):  # the second attempt's result, then the first's, late
+        token = new_token()
+        portal.stub.script(vendor.name, token, Answer.json(result_body(attempt, token)))
+        portal.report(vendor, token)
+        assert portal.wait_fetch(vendor, token).state == "done"
+    statuses = [portal.toolcall(attempt.toolcall_id).status for attempt in (first, second)]
+    assert statuses == ["finished-ok", "finished-ok"]
+    assert [result.late for result in portal.results(first.toolcall_id)] == [True]
+    assert [result.late for result in portal.results(second.toolcall_id)] == [False]
 
 
 def test_a_second_result_for_a_finished_attempt_is_stored_late_without_a_state_change(portal):

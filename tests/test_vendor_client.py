@@ -220,6 +220,37 @@ def test_redirects_fail_and_are_not_followed(vendor, status):
     assert v.paths == ["/result?access_token=T0k3n"]  # the Location was never requested
 
 
+def test_a_redirect_to_a_malformed_location_fails_and_says_so(vendor):
+    v = vendor(reply(302, headers={"Location": "http://[::1/x"}))
+    outcome = fetch(v.url(), within_grace=True)
+    assert (outcome.kind, outcome.status) == ("fail", 302)
+    assert outcome.error == "redirect (HTTP 302) to an invalid location 'http://[::1/x' not followed"
+    assert v.paths == ["/result?access_token=T0k3n"]
+
+
+# --- URLs that cannot be fetched --------------------------------------------------------------------
+
+#: A client's result URL that no request can be made to, and the reason recorded for it.
+UNFETCHABLE = [
+    ("https://vendor..example.org/", "host name 'vendor..example.org' has an empty label"),
+    ("https://" + "a" * 64 + ".example.org/", "a label longer than 63 characters"),
+    ("https://" + ("a" * 60 + ".") * 5 + "org/", "host name is longer than 253 characters"),
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://[::1/result", "Invalid IPv6 URL"),
+    ("http://[fe80::zz]/result", "'fe80::zz' does not appear to be an IPv4 or IPv6 address"),
+    ("http://vendor.example:99999/", "Port out of range 0-65535"),
+    ("http://vendor.example:port/", "Port could not be cast to integer value as 'port'"),
+    ("http:///result", "it names no host"),
+]
+
+
+@pytest.mark.parametrize(("url", "reason"), UNFETCHABLE)
+def test_a_url_that_cannot_be_fetched_fails_with_the_reason(url, reason):
+    outcome = fetch(url)
+    assert (outcome.kind, outcome.status) == ("fail", None)
+    assert outcome.error.startswith("invalid vendor URL: ") and reason in outcome.error, outcome.error
+
+
 # --- Connections and time ---------------------------------------------------------------------------
 
 

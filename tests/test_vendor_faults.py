@@ -151,7 +151,7 @@ class Fault:
     toolcall: str  # the ToolCall's final status
     attempts: int  # exactly; 0: at least 2, until the fetch gives up
     reason: str | Prefix  # recorded for the fault: {placeholders} from Scene.facts and the fetch
-    url: str | None = None  # "refusing" or "silent": the client's result URL is no HTTP server
+    url: str | None = None  # "refusing", "silent" (no HTTP server there) or the client's result URL itself
     reported_ago: timedelta | None = None  # the report is older: the fetch record is made so
     gap: tuple[float, float] | None = None  # bounds of the seconds between the first two requests
     settled: str = "done or failed"  # or "parked": owed, its next attempt left to the sweep
@@ -234,6 +234,15 @@ FAULTS = [
     ],
     pytest.param(Fault(lambda s: [Answer(302, b"")], "failed", "start-data-sent", 1,
                        "redirect (HTTP 302) not followed"), id="redirect-without-location"),
+    pytest.param(Fault(lambda s: [Answer(302, b"", {"Location": "http://[::1/x"})], "failed", "start-data-sent", 1,
+                       "redirect (HTTP 302) to an invalid location 'http://[::1/x' not followed"),
+                 id="redirect-to-a-malformed-location"),
+    # -- result URLs no request can be made to (registered before the URL checks) ----------------------
+    pytest.param(Fault(lambda s: [], "failed", "start-data-sent", 1, "invalid vendor URL: host name "
+                       "'vendor..example.org' has an empty label or a label longer than 63 characters",
+                       url="https://vendor..example.org/result/"), id="url-with-an-empty-label"),
+    pytest.param(Fault(lambda s: [], "failed", "start-data-sent", 1, "invalid vendor URL: Invalid IPv6 URL",
+                       url="http://[::1"), id="url-with-an-unclosed-bracket"),
     # -- bodies that are too large (§4: at most 1 MiB), read no further than that ---------------------
     pytest.param(Fault(lambda s: [huge_body()], "failed", "start-data-sent", 1, "body larger than 1 MiB"),
                  id="10-mb-with-length"),
@@ -251,6 +260,9 @@ FAULTS = [
     pytest.param(Fault(lambda s: [Answer(200, json.dumps(result_body(s.attempt, s.token)).encode("utf-16"))],
                        "failed", "start-data-sent", 1,
                        UNATTRIBUTABLE + "the body is not UTF-8 (invalid start byte at byte 0)"), id="not-utf8"),
+    pytest.param(Fault(lambda s: [Answer(200, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")], "failed",
+                       "start-data-sent", 1, UNATTRIBUTABLE + "the body is JSON nested too deeply to be read"),
+                 id="json-nested-too-deeply"),
     pytest.param(Fault(lambda s: [Answer.json([result_body(s.attempt, s.token)])], "failed", "start-data-sent", 1,
                        UNATTRIBUTABLE + "the body is not a JSON object with a data object"), id="json-array"),
     pytest.param(Fault(lambda s: [s.body({**result_body(s.attempt, s.token), "data": {}})], "failed",
@@ -349,10 +361,12 @@ def run(shared: Portal, fault: Fault) -> Outcome:
             if fault.url == "refusing":
                 url, sock = refusing_url()
                 closing.append(sock.close)
-            else:
+            elif fault.url == "silent":
                 listener = SilentListener()
                 url = listener.url
                 closing.append(listener.close)
+            else:
+                url = fault.url
             with portal.db.session() as session:
                 client = session.scalar(select(Client).where(Client.name == vendor.name))
                 client.receive_result_token_url = url

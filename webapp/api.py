@@ -21,7 +21,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, render_template, request, send_file, url_for
+from flask import Blueprint, current_app, g, jsonify, render_template, request, send_file, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
@@ -29,7 +29,7 @@ from webapp import fetches, lifecycle
 from webapp.db import get_session
 from webapp.errors import api_error, wants_html
 from webapp.lifecycle import Status
-from webapp.limits import limiter, setting
+from webapp.limits import limiter, made_a_fetch_owed, max_owed_fetches, setting
 from webapp.models import Client, ToolCall
 from webapp.signing import sign_system
 from webapp.tokens import StartTokens
@@ -47,6 +47,8 @@ AUTH_WINDOW_SECS = 300
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 #: It changes only with a deployment; clients and caches may keep it this long.
 OPENAPI_MAX_AGE = 3600
+#: When a client with as many owed fetches as it may have is told to report again.
+OWED_RETRY_AFTER_SECS = 60
 
 
 def request_token() -> str | None:
@@ -175,6 +177,10 @@ def fetch_token():
 
 @bp.get("/result/")
 @limiter.limit(setting("TOOLCALL_RATELIMIT_API"))
+# Only reports that made a fetch owed count (tested before, counted after the view).
+@limiter.limit(
+    setting("TOOLCALL_RATELIMIT_NEW_FETCHES"), scope="result-fetches-owed", deduct_when=made_a_fetch_owed
+)
 def result():
     name = request.args.get("client")
     if not name:
@@ -189,7 +195,18 @@ def result():
         return api_error("missing-token", "no result token given (query parameter access_token)")
     if not RESULT_TOKEN.fullmatch(token):
         return api_error("token-invalid", "a result token is 1-255 printable ASCII characters", token)
-    fetch, owed_now = fetches.owe(session, client, token)
+    # The result page's own refresh (``watch=1``) only looks: a report re-opens a failed fetch, and
+    # a page refreshing every 3 s would re-open it for as long as the window stays open.
+    watching = request.args.get("watch") == "1"
+    try:
+        fetch, owed_now = fetches.owe(
+            session, client, token, max_owed=max_owed_fetches(), reopen_failed=not watching
+        )
+    except fetches.TooManyOwed as e:
+        response = api_error("rate-limited", str(e), token)
+        response.headers["Retry-After"] = str(OWED_RETRY_AFTER_SECS)
+        return response
+    g.fetch_owed_now = owed_now
     if owed_now:
         fetches.trigger(current_app.extensions["celery"], fetch.id)
     if wants_html():
@@ -199,7 +216,7 @@ def result():
         return render_template(
             "result_status.html",
             fetch=fetch,
-            refresh_url=url_for("api.result", access_token=token, client=name),
+            refresh_url=url_for("api.result", access_token=token, client=name, watch="1"),
         )
     return jsonify({"type": "ok", "token": token, "data": {}})
 

@@ -19,6 +19,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from webapp import outbound
 from webapp.models import Client, Exam, User
 
 #: Where the demo vendor (examples/vendor, the Procfile's `vendor` line) listens by default.
@@ -129,9 +130,20 @@ def users_add(name, password, admin, first_name, last_name, email, extra_time) -
 @click.option("--secret", help="shared secret: client authentication and signed calls")
 def clients_add(name, start_url, result_url, secret) -> None:
     """Add (or update) a client."""
+    for option, url in (("--start-url", start_url), ("--result-url", result_url)):
+        _check_vendor_url(option, url)
     with _db().session() as session:
         save_client(session, name, start_url, result_url, secret)
     click.echo(f"client {name} saved")
+
+
+def _check_vendor_url(option: str, url: str) -> None:
+    """Refuse a URL the portal cannot call (``outbound.check_url``: the fetches' own check), with
+    click's usage error naming the option."""
+    try:
+        outbound.check_url(url, production=bool(current_app.config["TOOLCALL_PRODUCTION"]))
+    except outbound.URLRefused as e:
+        raise click.BadParameter(str(e), param_hint=f"'{option}'") from None
 
 
 @tools.command("add")

@@ -54,6 +54,20 @@ def _secret_key(instance_path: Path, production: bool, configured: str | None = 
     return key
 
 
+def _count(name: str, default: int) -> int:
+    """A whole number of at least 1 from the environment."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number; set e.g. {name}={default}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name}={raw!r} must be 1 or more; set e.g. {name}={default}")
+    return value
+
+
 def default_instance_path() -> Path:
     return Path(os.environ.get("TOOLCALL_INSTANCE", Path(__file__).resolve().parent.parent / "instance"))
 
@@ -105,6 +119,10 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         "TOOLCALL_RATELIMIT_LOGIN": os.environ.get("TOOLCALL_RATELIMIT_LOGIN") or "10/minute",
         "TOOLCALL_RATELIMIT_LOGIN_ADDRESS": os.environ.get("TOOLCALL_RATELIMIT_LOGIN_ADDRESS") or "60/minute",
         "TOOLCALL_RATELIMIT_API": os.environ.get("TOOLCALL_RATELIMIT_API") or "600/minute",
+        # Reports that make a result fetch owed (a new token, a failed one again), per address; and
+        # how many fetches one client may have owed at once (webapp/limits.py).
+        "TOOLCALL_RATELIMIT_NEW_FETCHES": os.environ.get("TOOLCALL_RATELIMIT_NEW_FETCHES") or "300/minute",
+        "TOOLCALL_MAX_OWED_FETCHES": _count("TOOLCALL_MAX_OWED_FETCHES", 10000),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,

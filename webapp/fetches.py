@@ -18,9 +18,11 @@
    valid is stored and the ToolCall finishes (its four transitions are one change through
    ``webapp.lifecycle``); an attributed invalid one moves the ToolCall to ``result-received-err``;
    one that cannot be attributed fails the fetch. A retryable outcome (connection error, timeout,
-   5xx, 429, early 404/409/425) is retried after ``retry_delay``: the task hands a retry due within
+   5xx, 429, early 404/409/425) is retried after ``retry_delay``, or after the vendor's
+   ``Retry-After`` but never sooner than ``retry_floor``: the task hands a retry due within
    ``NEAR_RETRY_SECS`` back to the broker (Celery's own retry), the sweep queues later ones. Every
-   attempt is recorded on the row. The outcome is a ``Decision``.
+   attempt is recorded on the row, also one whose fetch or decision raised (as a retry, so that
+   the give-up time applies). The outcome is a ``Decision``.
 5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep queues owed fetches whose next attempt is
    overdue (their message was lost) or due after a far retry (``due``), and expires unused start
    tokens and attempts past their deadline (``expire``).
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -70,18 +72,37 @@ KEPT_BODY = 64 * 1024
 #: The retry delay's base (spec §5: 5 s; ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``) and its ceiling.
 RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
+#: How many times in a row a decision that another process's change to the ToolCall spoiled is made
+#: again at once (on the new state) before the attempt is retried after the backoff instead.
+REDECIDES = 3
 
 # ---- 1. owed ----------------------------------------------------------------------------------------
 
 
-def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool]:
+class TooManyOwed(Exception):
+    """The client has as many fetches owed as it may have at once; the text says so, for the vendor."""
+
+
+def owe(
+    session: Session,
+    client: Client,
+    token: str,
+    max_owed: int | None = None,
+    reopen_failed: bool = True,
+) -> tuple[ResultFetch, bool]:
     """Record that a fetch of (client, token) is owed; True when it became owed now.
 
-    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying
-    "try again", and it is owed again."""
+    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying "try
+    again", and it is owed again (unless ``reopen_failed`` is false: the result page's refresh only
+    looks). Raises ``TooManyOwed`` (recording nothing) when the report would make a fetch owed while
+    the client has ``max_owed`` owed already: each owed fetch costs requests to the vendor, and a
+    report needs no authentication."""
     fetch = session.scalar(
         select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
     )
+    again = reopen_failed and fetch is not None and fetch.state == "failed"
+    if max_owed is not None and (fetch is None or again):
+        _check_owed(session, client, max_owed)
     if fetch is None:
         fetch = ResultFetch(client_id=client.id, token=token, state="owed", next_attempt_at=utcnow())
         session.add(fetch)
@@ -95,15 +116,29 @@ def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool
             return fetch, False
         log.info("result fetch %s owed to client %s", fetch.id, client.name)
         return fetch, True
-    if fetch.state == "failed":
-        fetch.state = "owed"
-        fetch.reported_at = utcnow()
-        fetch.next_attempt_at = utcnow()
-        fetch.last_error = f"reported again after failing: {fetch.last_error}"
-        session.commit()
-        log.info("result fetch %s owed again to client %s", fetch.id, client.name)
-        return fetch, True
+    if again:
+        # Conditional, as an operator's retry is: between this read and the write, a retry may have
+        # re-opened the fetch and an attempt stored its result. Writing what was read would make a
+        # done fetch owed again, and the result would be stored a second time.
+        reopened = reopen(session, fetch.id, f"reported again after failing: {fetch.last_error}")
+        session.refresh(fetch)
+        if reopened:
+            log.info("result fetch %s owed again to client %s", fetch.id, client.name)
+        return fetch, reopened
     return fetch, False
+
+
+def _check_owed(session: Session, client: Client, max_owed: int) -> None:
+    owed = session.scalar(
+        select(func.count())
+        .select_from(ResultFetch)
+        .where(ResultFetch.client_id == client.id, ResultFetch.state == "owed")
+    )
+    if owed >= max_owed:
+        raise TooManyOwed(
+            f"client {client.name} has {owed} result fetches owed, as many as it may have at once; "
+            "report this result again in a minute"
+        )
 
 
 def reopen(session: Session, fetch_id: int, note: str) -> bool:
@@ -250,14 +285,24 @@ def attempt(db: Database, fetch_id: int, config: dict) -> Decision:
     if claimed is None:
         return NOTHING_TO_DO
     client = claimed.client
-    outcome = vendor_client.fetch_result(
-        client.result_url,
-        claimed.token,
-        client_secret=client.secret,
-        webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
-        production=config["TOOLCALL_PRODUCTION"],
-        within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
-    )
+    try:
+        outcome = vendor_client.fetch_result(
+            client.result_url,
+            claimed.token,
+            client_secret=client.secret,
+            webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
+            production=config["TOOLCALL_PRODUCTION"],
+            within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
+        )
+    except Exception as e:
+        # A bug: the fetch client makes an outcome of everything a vendor, the network or a URL
+        # does. Recorded as a retry with the reason all the same: unrecorded, the claim would lapse,
+        # the sweep would queue the fetch again and it would fail the same way for ever, past the
+        # give-up time.
+        log.exception("result fetch %s: the fetch failed unexpectedly", fetch_id)
+        outcome = FetchOutcome(
+            "retry", error=f"the fetch failed unexpectedly: {type(e).__name__}: {str(e)[:500]}"
+        )
     return decide(db, claimed, outcome, config)
 
 
@@ -270,50 +315,56 @@ def retry_delay(attempt: int, base: float = RETRY_BASE, rng: _Random = random) -
     ``min(5 s · 2^n, 1 h)`` with equal jitter, i.e. half of it fixed and half random, so retries
     from many fetches spread out without any of them coming back much too early. ``base`` replaces
     the 5 s (``TOOLCALL_FETCH_BACKOFF_BASE_SECS``)."""
+    floor = retry_floor(attempt, base)
+    return floor + rng.random() * floor
+
+
+def retry_floor(attempt: int, base: float = RETRY_BASE) -> float:
+    """The least ``retry_delay`` waits after attempt ``attempt``: half of ``min(base · 2^n, 1 h)``.
+    A vendor's ``Retry-After`` is honoured from there on: asking for less (0, a date gone by) does
+    not make a retry come sooner."""
     if attempt < 0:
         raise ValueError(f"attempt must be 0 or more, not {attempt}")
     # Past 2^32 the cap applies for any sensible base; stopping there keeps 2**attempt small for
     # absurd attempt counts.
-    ceiling = min(base * 2 ** min(attempt, 32), RETRY_CAP)
-    return ceiling / 2 + rng.random() * ceiling / 2
+    return min(base * 2 ** min(attempt, 32), RETRY_CAP) / 2
 
 
 def decide(db: Database, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
     """Record what one attempt got (phase 4), in one transaction.
 
-    A decision that cannot be recorded (a database error, the ToolCall changed meanwhile) is
-    recorded as an attempt to retry instead; one whose claim was lost is not recorded at all."""
-    try:
-        with db.begin() as connection:
-            if outcome.kind == "ok":
-                return _store(connection, claimed, outcome.body, config)
-            if outcome.kind == "retry":
-                return _plan_retry(connection, claimed, outcome, config)
-            return _fail(connection, claimed, outcome.body, outcome.error)
-    except ClaimLost:
-        return _claim_lost(claimed)
-    except Exception as e:
-        # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as
-        # one to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would
-        # re-queue it, and it would fail the same way for ever, the give-up time never applying.
-        # A ToolCall that another process moved meanwhile (another result for the same attempt, the
-        # sweep) is decided again at once, on its new state; anything else after the backoff.
-        concurrent = isinstance(e, lifecycle.ConcurrentTransition)
-        if not concurrent:
-            log.exception("result fetch %s: recording the outcome failed", claimed.fetch_id)
-        retry = FetchOutcome(
-            "retry",
-            outcome.status,
-            outcome.body,
-            error=f"{'the attempt changed meanwhile' if concurrent else 'recording the result failed'}: "
-            + str(e)[:500],  # a database error can quote a whole statement
-            retry_after=0.0 if concurrent else None,
-        )
+    A decision that another process spoiled by moving the ToolCall meanwhile (another result for
+    the same attempt, the sweep) is made again at once, on the ToolCall's new state, up to
+    ``REDECIDES`` times. A decision that still cannot be recorded (a database error, the ToolCall
+    changing every time) is recorded as an attempt to retry after the backoff instead; one whose
+    claim was lost is not recorded at all."""
+    for redecide in range(REDECIDES + 1):
         try:
             with db.begin() as connection:
-                return _plan_retry(connection, claimed, retry, config)
+                if outcome.kind == "ok":
+                    return _store(connection, claimed, outcome.body, config)
+                if outcome.kind == "retry":
+                    return _plan_retry(connection, claimed, outcome, config)
+                return _fail(connection, claimed, outcome.body, outcome.error)
         except ClaimLost:
             return _claim_lost(claimed)
+        except lifecycle.ConcurrentTransition as e:
+            if redecide < REDECIDES:
+                continue  # the same body, decided again on the ToolCall's new state
+            error = f"the attempt changed meanwhile: {e}"
+        except Exception as e:
+            log.exception("result fetch %s: recording the outcome failed", claimed.fetch_id)
+            error = f"recording the result failed: {str(e)[:500]}"  # it can quote a whole statement
+        break
+    # Nothing of the decision was kept (it was rolled back). The attempt is still recorded, as one
+    # to retry: otherwise the claim would hold the fetch for CLAIM_SECS, the sweep would re-queue
+    # it, and it would fail the same way for ever, the give-up time never applying.
+    retry = FetchOutcome("retry", outcome.status, outcome.body, error=error)
+    try:
+        with db.begin() as connection:
+            return _plan_retry(connection, claimed, retry, config)
+    except ClaimLost:
+        return _claim_lost(claimed)
 
 
 def _claim_lost(claimed: Claim) -> Decision:
@@ -356,11 +407,13 @@ def _fail(db: Connection, claimed: Claim, body: bytes, reason: str, **values) ->
 
 
 def _plan_retry(db: Connection, claimed: Claim, outcome: FetchOutcome, config: dict) -> Decision:
-    delay = (
-        outcome.retry_after
-        if outcome.retry_after is not None
-        else retry_delay(claimed.attempts, base=config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"])
-    )
+    base = config["TOOLCALL_FETCH_BACKOFF_BASE_SECS"]
+    if outcome.retry_after is None:
+        delay = retry_delay(claimed.attempts, base=base)
+    else:
+        # The vendor's wish, but never sooner than the backoff: "Retry-After: 0" (or a date gone
+        # by) made one fetch ask its vendor a thousand times in ten seconds.
+        delay = max(outcome.retry_after, retry_floor(claimed.attempts, base=base))
     due = utcnow() + timedelta(seconds=delay)
     if due > claimed.reported_at + timedelta(seconds=config["TOOLCALL_FETCH_GIVE_UP_SECS"]):
         return _fail(

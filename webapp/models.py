@@ -9,7 +9,17 @@ import secrets
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from webapp import passwords
@@ -105,9 +115,14 @@ class Exam(Base):
 
 
 class ToolCall(Base):
-    """One attempt of a user at a tool. ``status`` changes only through ``webapp.lifecycle``."""
+    """One attempt of a user at a tool. ``status`` changes only through ``webapp.lifecycle``.
+
+    ``attempt`` numbers a user's attempts at a tool, 1, 2, ...: unique, so that two starts at once
+    (a double click opens two windows) cannot both take the same number -- the second one's INSERT
+    fails, and the start is made again, after the first."""
 
     __tablename__ = "toolcall_toolcall"
+    __table_args__ = (Index("uq_toolcall_attempt", "tool_id", "user_id", "attempt", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tool_id: Mapped[int] = mapped_column(ForeignKey("toolcall_tool.id"), index=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from math import ceil
-from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -43,7 +42,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, Regexp
 
-from webapp import attempt_chart, fetches, toolbus_status
+from webapp import attempt_chart, fetches, outbound, toolbus_status
 from webapp.auth import login_manager, safe_next
 from webapp.cli import save_client, save_tool
 from webapp.db import get_session
@@ -251,13 +250,14 @@ def _strip(value):
 
 
 def web_url(form, field) -> None:
-    """An absolute http(s) URL (https only in production, where the fetches refuse anything else)."""
-    parts = urlsplit(field.data or "")
-    production = current_app.config.get("TOOLCALL_PRODUCTION")
-    schemes = ("https",) if production else ("http", "https")
-    if parts.scheme.lower() not in schemes or not parts.hostname:
+    """A URL the portal can call: http(s) with a valid host and port, https only in production
+    (the fetches' own check, ``outbound.check_url``, so that what is saved can be fetched)."""
+    production = bool(current_app.config.get("TOOLCALL_PRODUCTION"))
+    try:
+        outbound.check_url(field.data or "", production=production)
+    except outbound.URLRefused as e:
         wanted = "an https URL (production)" if production else "an http or https URL"
-        raise ValidationError(f"must be {wanted}, e.g. https://vendor.example.org/start/")
+        raise ValidationError(f"{e}; it must be {wanted}, e.g. https://vendor.example.org/start/") from None
 
 
 class ClientForm(FlaskForm):

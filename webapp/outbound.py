@@ -140,12 +140,42 @@ class ConnectionFailed(OutboundError):
 
 
 def check_url(url: str, *, production: bool) -> None:
-    """Raise ``URLRefused`` unless ``url`` is http or https, and https in production."""
-    scheme = urlsplit(url).scheme.lower()
+    """Raise ``URLRefused`` unless a request can be made to ``url``: http or https (https in
+    production), with a host name the resolver can encode (no empty label, none longer than 63
+    characters) or an IP address, and a port in range. The text says what is wrong, for the
+    operator who registered the URL (the ops form and the CLI check a client's URLs with it)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it checks it: a number in 0-65535)
+    except ValueError as exc:
+        raise URLRefused(f"invalid vendor URL: {exc}") from None
+    scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise URLRefused(f"vendor URL scheme {scheme or '(none)'!r} is not http or https")
     if production and scheme != "https":
         raise URLRefused("http vendor URLs are refused in production")
+    host = parts.hostname
+    if not host:
+        raise URLRefused("invalid vendor URL: it names no host")
+    if ":" not in host:  # an IPv6 literal was checked by urlsplit
+        _check_host_name(host)
+
+
+#: The longest host name DNS can look up (RFC 1035, without the trailing dot).
+_MAX_HOST_NAME = 253
+
+
+def _check_host_name(host: str) -> None:
+    # The resolver encodes the name with Python's IDNA codec (socket.getaddrinfo does): a name it
+    # cannot encode raised UnicodeError from inside the request, which no caller expected.
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError:
+        raise URLRefused(
+            f"invalid vendor URL: host name {host!r} has an empty label or a label longer than 63 characters"
+        ) from None
+    if len(encoded.rstrip(b".")) > _MAX_HOST_NAME:
+        raise URLRefused(f"invalid vendor URL: host name is longer than {_MAX_HOST_NAME} characters")
 
 
 def get(
@@ -177,6 +207,10 @@ def get(
                 response = _send(adapter, url, sent, (connect_timeout, total_timeout), deadline)
             except requests.RequestException as exc:
                 raise _request_failed(exc, deadline, connect_timeout) from exc
+            except OutboundError:
+                raise
+            except ValueError as exc:  # a URL that check_url let through but the request cannot use
+                raise URLRefused(f"invalid vendor URL: {_short(exc)}") from exc
             with response:
                 return _read_response(response, url, deadline, max_bytes)
         finally:
@@ -230,9 +264,16 @@ def _read_response(response: requests.Response, url: str, deadline: _Deadline, m
         location = response.headers.get("Location")
         if not location:
             raise Redirected(f"redirect (HTTP {status}) not followed", status=status)
-        where = urljoin(url, location)
-        shown = where if len(where) <= 200 else where[:200] + "…"
-        raise Redirected(f"redirect (HTTP {status}) to {shown} not followed", status=status, location=where)
+        try:
+            where = urljoin(url, location)
+        except ValueError:  # e.g. an unclosed IPv6 bracket: no URL at all, so none is named
+            raise Redirected(
+                f"redirect (HTTP {status}) to an invalid location {_shown(location)!r} not followed",
+                status=status,
+            ) from None
+        raise Redirected(
+            f"redirect (HTTP {status}) to {_shown(where)} not followed", status=status, location=where
+        )
 
     if not 200 <= status < 300:
         try:
@@ -259,6 +300,11 @@ def _read_response(response: requests.Response, url: str, deadline: _Deadline, m
     if over:
         raise BodyTooLarge(too_large, status=status, body=body)
     return Response(status, response.headers, body)
+
+
+def _shown(url: str) -> str:
+    """A URL as an error text quotes it: at most 200 characters."""
+    return url if len(url) <= 200 else url[:200] + "…"
 
 
 def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:

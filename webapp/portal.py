@@ -12,11 +12,13 @@ from flask import Blueprint, abort, current_app, redirect, render_template
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from webapp import lifecycle
 from webapp.db import get_session
 from webapp.lifecycle import OPEN, Status
-from webapp.models import Exam, ToolCall
+from webapp.models import Exam, ToolCall, User
 from webapp.vendor_client import add_query
 
 log = logging.getLogger("webapp.portal")
@@ -50,6 +52,27 @@ def start(slug: str):
         return render_template("portal/start.html", tool=tool, form=form)
     session = get_session()
     user = current_user._get_current_object()
+    for _ in range(START_TRIES):
+        try:
+            return _start(session, tool, user, form)
+        except IntegrityError:
+            # Another start of this exam by this user (a double click opens two windows) took the
+            # attempt number first (it is unique): start again, after that one, superseding it.
+            session.rollback()
+    log.warning(
+        "user %s: %d starts of %s in a row lost the race for an attempt number", user.id, START_TRIES, slug
+    )
+    return render_template("portal/start.html", tool=tool, form=form, busy=True), 409
+
+
+#: How often one request tries to start an attempt while other starts of the same exam by the same
+#: user keep taking the attempt number first.
+START_TRIES = 3
+
+
+def _start(session: Session, tool: Exam, user: User, form: StartForm):
+    """Start an attempt (committed) and send the user to the vendor; raises IntegrityError when
+    another start took the attempt number meanwhile (nothing of this one is kept)."""
     # Only the attempts this start needs, not the user's whole history with the tool: loading every
     # earlier attempt made each start slower than the one before (about 6 µs of CPU per attempt).
     mine = (ToolCall.tool_id == tool.id, ToolCall.user_id == user.id)

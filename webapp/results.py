@@ -2,9 +2,10 @@
 
 Two steps, because they fail differently:
 
-1. **Attribution** -- the body is a JSON object of at most 1 MiB whose ``data.system`` verifies and
-   names a ToolCall whose tool belongs to the calling client. A body that cannot be attributed fails
-   the owed fetch (there is no ToolCall to blame).
+1. **Attribution** -- the body is a JSON object of at most 1 MiB (UTF-8, nested no deeper than
+   Python's recursion limit lets ``json`` read) whose ``data.system`` verifies and names a ToolCall
+   whose tool belongs to the calling client. A body that cannot be attributed fails the owed fetch
+   (there is no ToolCall to blame).
 2. **Validation** -- ``token`` is the result token, ``persnr`` the ToolCall's user's, ``exam`` the
    tool's slug (or ``<slug>:...``), ``passed`` a boolean, ``score`` an integer >= 0 or absent/null.
    Every extracted field must also fit its column (length, no NUL character), so that a valid
@@ -71,6 +72,10 @@ def identify(body: bytes, secret_key: str, fallbacks: list[str]) -> tuple[int, d
         raise Unattributable(f"the body is not UTF-8 ({e.reason} at byte {e.start})") from None
     try:
         document = json.loads(text)
+    except RecursionError:
+        # Nested deeper than Python's recursion limit (a few hundred KiB of "[" will do): no result
+        # is, and the same body would fail the same way on every retry.
+        raise Unattributable("the body is JSON nested too deeply to be read") from None
     except ValueError as e:
         raise Unattributable(f"the body is not JSON ({e})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), dict):

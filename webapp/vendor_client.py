@@ -107,15 +107,16 @@ def fetch_result(
     ``within_grace`` is true during the first 10 minutes after the vendor reported the result: only
     then are 404, 409 and 425 worth retrying. ``webhook_id`` is the fetch record's id (stable across
     retries); it is only sent, with a signature, when ``client_secret`` is set (an empty secret counts
-    as none). Never raises for anything the vendor or the network does: every such case is an
-    outcome.
+    as none). Never raises for anything the vendor, the network or the client's URL does: every
+    such case is an outcome (a URL no request can be made to fails, saying why).
     """
-    target = add_query(url, access_token=token)
     try:
         # Before the secret is used: a refused URL is reported as such even if the secret is bad too.
-        outbound.check_url(target, production=production)
+        # Before the query is added too: a URL that cannot be parsed fails here, with the reason.
+        outbound.check_url(url, production=production)
     except outbound.URLRefused as exc:
         return FetchOutcome("fail", error=str(exc))
+    target = add_query(url, access_token=token)
 
     headers = {"Accept": "application/json"}
     if client_secret:
