@@ -274,7 +274,7 @@ def test_the_result_page_of_a_failed_fetch_says_what_happens_and_its_refresh_reo
     assert "notified" not in text  # nobody is
     with portal.extensions["db"].session() as session:
         assert session.scalar(select(ResultFetch)).state == "failed"
-    assert redis_db.llen("callbacks") == 1  # the first visit's trigger only
+    assert redis_db.llen(CALLBACKS_KEY) == 1  # the first visit's trigger only
 
 
 @pytest.mark.parametrize("stamp", ["²", "1" * 5000, "-5", ""])
