@@ -57,8 +57,8 @@ from toolbus.wire import (
     BusSide,
     Connect,
     Disconnect,
+    Emission,
     Eval,
-    Event,
     FrameReader,
     Interface,
     ToolSide,
@@ -342,7 +342,7 @@ def has_utf8_text(term) -> bool:
 sendable = aterms.filter(has_utf8_text)  # a tool cannot send the others (see the next test but one)
 tool_messages = st.one_of(
     sendable.map(Value),
-    sendable.map(Event),
+    sendable.map(Emission),
     st.just(Void()),
     st.just(Disconnect()),
     st.builds(Connect, st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), st.integers(0, 10**6)),
