@@ -369,6 +369,18 @@ def test_an_unknown_path_under_the_api_is_the_not_found_envelope(portal):
     assert portal.test_client().get("/nothing-here").mimetype == "text/html"
 
 
+@pytest.mark.parametrize("accept", [{}, BROWSER], ids=["json", "html"])
+@pytest.mark.parametrize(
+    "path", ["/.api/toolcall/v2/", "/fetch-token/", "/result/", "/.api/toolcall/v2/openapi.json"]
+)
+def test_a_body_too_large_is_the_documented_envelope(portal, path, accept):
+    response = portal.test_client().get(
+        path, data=b"x" * (portal.config["MAX_CONTENT_LENGTH"] + 1), headers=accept
+    )
+    assert response.status_code == 413
+    check_answer(response, path, "content-too-large")
+
+
 @pytest.mark.parametrize("path", ["/fetch-token/?access_token=R", "/result/?access_token=R&client=vendor"])
 def test_the_rate_limit_is_the_documented_envelope(portal, path):
     portal.config["RATELIMIT_ENABLED"] = True

@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from webapp import fetches, lifecycle
 from webapp.db import get_session
-from webapp.errors import api_error, wants_html
+from webapp.errors import api_error, is_api_path, wants_html
 from webapp.lifecycle import Status
 from webapp.limits import limiter, setting
 from webapp.models import Client, ToolCall
@@ -71,7 +71,8 @@ def start_tokens() -> StartTokens:
 
 @bp.get("/.api/toolcall/v2/")
 def discovery():
-    root = request.url_root
+    # The operator's public URL, not one built from the request: a Host header would choose it.
+    root = current_app.config["TOOLCALL_PUBLIC_URL"]
     return jsonify(
         {
             "api": {
@@ -212,17 +213,13 @@ def openapi():
     )
 
 
-def _is_api_path(path: str) -> bool:
-    return path.startswith("/.api/") or path in ("/fetch-token/", "/result/")
-
-
 @bp.app_errorhandler(404)
 @bp.app_errorhandler(405)
 def api_routing_error(error: HTTPException):
     """A wrong method on an endpoint of the API, or an unknown path under ``/.api/``: the
     envelope, not Werkzeug's page (routing errors happen before any blueprint is chosen, so this
     is an app-wide handler that leaves every other path alone)."""
-    if not _is_api_path(request.path):
+    if not is_api_path(request.path):
         return error
     if error.code == 405:
         response = api_error("method-not-allowed", f"{request.method} is not allowed here; use GET")

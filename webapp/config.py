@@ -1,8 +1,9 @@
 """Settings of the portal, from the environment, with a working default for every one on one machine.
 
-See the table in README.md ("Configuration"). ``settings(instance_path, overrides)`` is called by
-``create_app`` (``overrides`` being the app's own config, e.g. a test's) and by the Celery tasks,
-which have no Flask app. Variables are read the way every process reads them (``celeryconfig``).
+See the table in docs/operating.md ("Configuration reference"). ``settings(instance_path,
+overrides)`` is called by ``create_app`` (``overrides`` being the app's own config, e.g. a test's)
+and by the Celery tasks, which have no Flask app. Variables are read the way every process reads
+them (``celeryconfig``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,29 @@ import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from celeryconfig import ConfigurationError, broker_url, flag, redis_url, result_backend, seconds
+from celeryconfig import (
+    ConfigurationError,
+    broker_url,
+    flag,
+    redis_url,
+    result_backend,
+    seconds,
+    whole_number,
+)
 from toolbus.descriptors import default_tools_path
 
 __all__ = ["ConfigurationError", "settings"]
 
 #: The development key's file in the instance folder.
 SECRET_KEY_FILE = "secret_key"
+#: The largest request body the portal reads (``TOOLCALL_MAX_CONTENT_LENGTH``): its forms are a few
+#: fields, and the vendor API takes no body at all.
+MAX_CONTENT_LENGTH = 1 << 20
+#: Multipart forms: the most one non-file field may hold, and the most fields a form may have.
+MAX_FORM_MEMORY_SIZE = 64 << 10
+MAX_FORM_PARTS = 100
 
 
 def _secret_key(instance_path: Path, production: bool, configured: str | None = None) -> str:
@@ -52,6 +68,19 @@ def _secret_key(instance_path: Path, production: bool, configured: str | None = 
     if not key:
         raise ConfigurationError(f"the development key file {path} is empty; delete it and a new key is made")
     return key
+
+
+def _public_url(configured: str | None) -> str:
+    """The portal's public root URL, ending in ``/``: ``TOOLCALL_PUBLIC_URL``, or this machine's port."""
+    if not configured:
+        return f"http://127.0.0.1:{whole_number('PORT', 5000, least=1)}/"
+    parts = urlsplit(configured)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"TOOLCALL_PUBLIC_URL={configured!r} must be the portal's root URL as users and vendors reach "
+            "it, e.g. TOOLCALL_PUBLIC_URL=https://exams.example.org/"
+        )
+    return configured if configured.endswith("/") else configured + "/"
 
 
 def default_instance_path() -> Path:
@@ -105,12 +134,23 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         "TOOLCALL_RATELIMIT_LOGIN": os.environ.get("TOOLCALL_RATELIMIT_LOGIN") or "10/minute",
         "TOOLCALL_RATELIMIT_LOGIN_ADDRESS": os.environ.get("TOOLCALL_RATELIMIT_LOGIN_ADDRESS") or "60/minute",
         "TOOLCALL_RATELIMIT_API": os.environ.get("TOOLCALL_RATELIMIT_API") or "600/minute",
+        # Where the web process listens (the Procfile binds ${HOST:-127.0.0.1}), and the root URL the
+        # portal gives out in absolute links (discovery's root-url).
+        "HOST": os.environ.get("HOST") or "127.0.0.1",
+        "TOOLCALL_PUBLIC_URL": _public_url(os.environ.get("TOOLCALL_PUBLIC_URL")),
+        # How many reverse proxies in front of the portal set X-Forwarded-For and -Proto: their hops
+        # are believed (Werkzeug's ProxyFix), no others -- a client cannot choose its address.
+        "TOOLCALL_TRUSTED_PROXIES": whole_number("TOOLCALL_TRUSTED_PROXIES", 0),
+        "MAX_CONTENT_LENGTH": whole_number("TOOLCALL_MAX_CONTENT_LENGTH", MAX_CONTENT_LENGTH, 1, "bytes"),
+        "MAX_FORM_MEMORY_SIZE": MAX_FORM_MEMORY_SIZE,
+        "MAX_FORM_PARTS": MAX_FORM_PARTS,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
         "REMEMBER_COOKIE_SECURE": production,
     }
     values.update(overrides)
+    values["MAX_FORM_MEMORY_SIZE"] = min(values["MAX_FORM_MEMORY_SIZE"], values["MAX_CONTENT_LENGTH"])
     values["INSTANCE_PATH"] = str(instance_path)
     values["TOOLCALL_PRODUCTION"] = production
     return values

@@ -2,7 +2,8 @@
 
 Login: 10 a minute per (address, username) and 60 a minute per address -- the same answer whether
 the username exists or not. The vendor API: 600 a minute per address. ``TOOLCALL_RATELIMIT=off``
-turns them off; the numbers are settings (``TOOLCALL_RATELIMIT_LOGIN`` and friends).
+turns them off; the numbers are settings (``TOOLCALL_RATELIMIT_LOGIN`` and friends). The address is
+the client's: behind ``TOOLCALL_TRUSTED_PROXIES`` proxies, the one they forwarded (``webapp.inbound``).
 """
 
 from __future__ import annotations
