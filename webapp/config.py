@@ -12,6 +12,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,8 @@ MAX_CONTENT_LENGTH = 1 << 20
 #: Multipart forms: the most one non-file field may hold, and the most fields a form may have.
 MAX_FORM_MEMORY_SIZE = 64 << 10
 MAX_FORM_PARTS = 100
+#: How long a login lasts (``TOOLCALL_SESSION_LIFETIME_SECS``): a working day, counted from the login.
+SESSION_LIFETIME_SECS = 8 * 3600
 
 
 def _secret_key(instance_path: Path, production: bool, configured: str | None = None) -> str:
@@ -151,6 +154,15 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
     }
     values.update(overrides)
     values["MAX_FORM_MEMORY_SIZE"] = min(values["MAX_FORM_MEMORY_SIZE"], values["MAX_CONTENT_LENGTH"])
+    # The session's lifetime, and the cookie settings that follow it (an override's too).
+    if "TOOLCALL_SESSION_LIFETIME_SECS" not in overrides:
+        values["TOOLCALL_SESSION_LIFETIME_SECS"] = seconds(
+            "TOOLCALL_SESSION_LIFETIME_SECS", SESSION_LIFETIME_SECS, int
+        )
+    lifetime = timedelta(seconds=values["TOOLCALL_SESSION_LIFETIME_SECS"])
+    values.setdefault("PERMANENT_SESSION_LIFETIME", lifetime)
+    # Remember-me cookies are not offered; were one set, it would last no longer than a session.
+    values.setdefault("REMEMBER_COOKIE_DURATION", lifetime)
     values["INSTANCE_PATH"] = str(instance_path)
     values["TOOLCALL_PRODUCTION"] = production
     return values
