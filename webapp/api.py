@@ -1,7 +1,8 @@
 """The vendor API (v2, wire-compatible with the original): discovery, start data, result tokens.
 
     GET /.api/toolcall/v2/                         discovery
-    GET /fetch-token/?access_token=T               start data; the start token is used up
+    GET /fetch-token/?access_token=T               start data; the start token is used up (a client
+                                                   with a secret signs this query: X-Toolcall-Auth)
     GET /result/?access_token=R&client=NAME        a result is ready: the portal will fetch it
     GET /.api/toolcall/v2/openapi.json             this API as an OpenAPI 3.1 document (webapp/openapi.json)
 
@@ -50,7 +51,8 @@ OPENAPI_MAX_AGE = 3600
 
 
 def request_token() -> str | None:
-    """The access token: query parameter, else X-Access-Token, else ``Authorization: Token ...``."""
+    """The access token: query parameter, else X-Access-Token, else ``Authorization: Token ...``
+    (the headers only for clients without a secret, on ``/fetch-token/``)."""
     token = request.args.get("access_token")
     if token:
         return token
@@ -140,6 +142,14 @@ def fetch_token():
     if toolcall is None:
         return api_error("token-expired", "the start token is unknown, already used or expired", token)
     client = toolcall.tool.client
+    if client.secret and not request.args.get("access_token"):
+        # X-Toolcall-Auth signs the path and query: a token in a header would not be covered.
+        return api_error(
+            "client-auth-failed",
+            f"client {client.name} has a secret: send the start token in the query (access_token), "
+            "where X-Toolcall-Auth signs it",
+            token,
+        )
     if client.secret and not client_auth_ok(client):
         return api_error(
             "client-auth-failed", f"client {client.name} must authenticate (X-Toolcall-Auth)", token
