@@ -9,9 +9,11 @@
   no open redirect through ``next``, judged the way a browser reads the Location.
 - **Security headers** on every page the URL map has, for every kind of visitor.
 - **Vendor secrets and Standard Webhooks signatures** in the demo vendor: test_demo_vendor.py
-  (referenced below, not repeated).
+  (referenced below, not repeated); the portal's real signed fetches verified by the official
+  libraries: test_signed_fetch.py.
 - **Requests** (body size against the real gunicorn, trusted proxies, NUL and lone surrogates on
-  PostgreSQL, JSON on form pages): test_inbound.py.
+  PostgreSQL, JSON on form pages): test_inbound.py. **Sessions** ending at logout, at a new password
+  and with their lifetime: test_sessions.py.
 - **Production's vendor URLs**: https only, and addresses checked at connect time -- against a
   resolver that answers differently each time (DNS rebinding), a mixed answer, a network that
   delivers elsewhere, and end to end through a production ``callbacks`` worker. The unit tests of
