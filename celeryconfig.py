@@ -59,6 +59,18 @@ def seconds(name: str, default: float, kind: type = float, zero: bool = False) -
     return value
 
 
+def whole_number(name: str, default: int, least: int = 0, unit: str = "") -> int:
+    """A whole number from the environment (a count, a size in bytes), at least ``least``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    what = f"a whole number{f' of {unit}' if unit else ''} of at least {least}"
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (digits.isascii() and digits.isdigit()) or int(raw) < least:
+        raise ConfigurationError(f"{name}={raw!r} must be {what}; set e.g. {name}={default}")
+    return int(raw)
+
+
 def redis_url() -> str:
     """``REDIS_URL``, or Redis on this machine."""
     return os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL

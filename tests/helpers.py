@@ -7,6 +7,8 @@ polls; every poll here is bounded and fails the test with a message when the tim
 from __future__ import annotations
 
 import base64
+import contextlib
+import ipaddress
 import json
 import os
 import shlex
@@ -176,3 +178,26 @@ def forge_signature(signed: str, sep: str = ":") -> str:
     raw[0] ^= 0x01
     forged = base64.urlsafe_b64encode(bytes(raw)).decode()
     return f"{value}{sep}{forged.rstrip('=') if not signature.endswith('=') else forged}"
+
+
+def procfile_line(name: str) -> str:
+    """The command of the Procfile's line ``name``."""
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"the Procfile has no {name} line")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    # The kernel writes each 32-bit word of the address in host (little-endian) order.
+                    words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)]
+                    found.add(str(ipaddress.ip_address(b"".join(words))))
+    return found

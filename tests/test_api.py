@@ -185,6 +185,26 @@ def test_a_client_with_a_secret_must_authenticate_and_the_token_survives_a_faile
     assert client.get(target, headers=auth_header("secured", SECRET, target)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "carrier",
+    [lambda t: {"X-Access-Token": t}, lambda t: {"Authorization": f"Token {t}"},
+     lambda t: {"Authorization": f'Token token="{t}"'}],
+    ids=["x-access-token", "authorization-token", "authorization-token-token"],
+)  # fmt: skip
+def test_a_client_with_a_secret_must_send_the_start_token_where_its_signature_covers_it(portal, carrier):
+    """X-Toolcall-Auth signs the path and query: a token in a header is not covered by it, so for a
+    client with a secret it is refused, even with a valid signature; the token survives."""
+    token = new_attempt(portal, "word")
+    client = portal.test_client()
+    refused = client.get(
+        "/fetch-token/", headers={**carrier(token), **auth_header("secured", SECRET, "/fetch-token/")}
+    )
+    assert refused.status_code == 401 and error_of(refused) == "client-auth-failed"
+    assert "query" in refused.json["data"]["msg"]
+    target = f"/fetch-token/?access_token={token}"
+    assert client.get(target, headers=auth_header("secured", SECRET, target)).status_code == 200
+
+
 def test_browsers_get_an_error_page_with_the_same_status(portal):
     response = portal.test_client().get(
         "/fetch-token/", headers={"Accept": "text/html,application/xhtml+xml"}

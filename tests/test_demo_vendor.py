@@ -11,6 +11,7 @@ these tests: they check that the fetch is *owed*, then make it themselves with t
 from __future__ import annotations
 
 import base64
+import json
 import re
 import socket
 import threading
@@ -317,33 +318,30 @@ def test_a_vendor_without_the_right_secret_gets_no_start_data_and_says_why(start
         assert toolcall.status == "start-tk-sent"  # the token was not burnt
 
 
-def stale_signature(fetch_id: str) -> dict[str, str]:
-    stamp = int(time.time()) - 600
+def signature(secret: str, fetch_id: str, token: str, age: int = 0) -> dict[str, str]:
+    """Standard Webhooks headers over the fetch payload of ``token``, made ``age`` seconds ago."""
+    stamp = int(time.time()) - age
+    payload = json.dumps({"access_token": token}, separators=(",", ":"))
     return {
         "webhook-id": fetch_id,
         "webhook-timestamp": str(stamp),
-        "webhook-signature": sign_webhook(PLAIN_SECRET, fetch_id, stamp),
-    }
-
-
-def fresh_signature(secret: str, fetch_id: str) -> dict[str, str]:
-    stamp = int(time.time())
-    return {
-        "webhook-id": fetch_id,
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": sign_webhook(secret, fetch_id, stamp),
+        "webhook-signature": sign_webhook(secret, fetch_id, stamp, payload),
     }
 
 
 @pytest.mark.parametrize(
     "headers",
     [
-        lambda fetch_id: {},
-        lambda fetch_id: fresh_signature("not the secret", fetch_id),
-        lambda fetch_id: {**fresh_signature(PLAIN_SECRET, fetch_id), "webhook-id": "another id"},
-        stale_signature,
+        lambda fetch_id, token: {},
+        lambda fetch_id, token: signature("not the secret", fetch_id, token),
+        lambda fetch_id, token: {**signature(PLAIN_SECRET, fetch_id, token), "webhook-id": "another id"},
+        lambda fetch_id, token: signature(PLAIN_SECRET, fetch_id, token, age=600),
+        # A signature the portal made for another result token (captured, or asked for by a
+        # vendor's own report) opens no other result.
+        lambda fetch_id, token: signature(PLAIN_SECRET, fetch_id, "another result token"),
+        lambda fetch_id, token: signature(PLAIN_SECRET, fetch_id, ""),
     ],
-    ids=["unsigned", "wrong-secret", "other-id", "ten-minutes-old"],
+    ids=["unsigned", "wrong-secret", "other-id", "ten-minutes-old", "other-token", "no-token"],
 )
 def test_result_data_without_a_valid_signature_is_401(start_system, headers):
     system = start_system(portal_secret=PLAIN_SECRET, vendor_secret=PLAIN_SECRET)
@@ -352,12 +350,17 @@ def test_result_data_without_a_valid_signature_is_401(start_system, headers):
     response = requests.get(
         f"{system.vendor_url}/result-data/",
         params={"access_token": token},
-        headers={"Accept": "application/json", **headers(str(fetch.id))},
+        headers={"Accept": "application/json", **headers(str(fetch.id), token)},
         timeout=10,
     )
     assert response.status_code == 401
     assert response.json()["data"]["error"] == "signature-invalid"
     assert token not in response.text
+    # The same request signed for its own token is served.
+    signed = signature(PLAIN_SECRET, str(fetch.id), token)
+    response = requests.get(f"{system.vendor_url}/result-data/", params={"access_token": token},
+                            headers={"Accept": "application/json", **signed}, timeout=10)  # fmt: skip
+    assert response.status_code == 200 and response.json()["token"] == token
 
 
 def test_the_portals_fetch_with_the_wrong_secret_fails_for_good(start_system):

@@ -335,6 +335,8 @@ ERRORS = [
     ("/fetch-token/", lambda app: (f"/fetch-token/?access_token={start_token(app, 'word')}", {}), "client-auth-failed"),
     ("/fetch-token/", lambda app: (f"/fetch-token/?access_token={start_token(app, 'word')}",
                                    {"X-Toolcall-Auth": client_auth("/elsewhere/")}), "client-auth-failed"),
+    ("/fetch-token/", lambda app: ("/fetch-token/", {"X-Access-Token": start_token(app, "word"),
+                                                     "X-Toolcall-Auth": client_auth("/fetch-token/")}), "client-auth-failed"),
     ("/result/", lambda app: ("/result/?access_token=R1", {}), "missing-client"),
     ("/result/", lambda app: ("/result/?access_token=R1&client=nobody", {}), "unknown-client"),
     ("/result/", lambda app: ("/result/?client=vendor", {}), "missing-token"),
@@ -367,6 +369,26 @@ def test_an_unknown_path_under_the_api_is_the_not_found_envelope(portal):
     assert response.get_json()["data"]["error"] == "not-found"
     # Elsewhere a missing page stays the site's own page.
     assert portal.test_client().get("/nothing-here").mimetype == "text/html"
+
+
+@pytest.mark.parametrize("accept", [{}, BROWSER], ids=["json", "html"])
+@pytest.mark.parametrize(
+    "path", ["/.api/toolcall/v2/", "/fetch-token/", "/result/", "/.api/toolcall/v2/openapi.json"]
+)
+def test_a_body_too_large_is_the_documented_envelope(portal, path, accept):
+    response = portal.test_client().get(
+        path, data=b"x" * (portal.config["MAX_CONTENT_LENGTH"] + 1), headers=accept
+    )
+    assert response.status_code == 413
+    check_answer(response, path, "content-too-large")
+
+
+def test_client_auth_is_documented_with_the_start_token_in_the_query_only():
+    """X-Toolcall-Auth signs the path and query, so a client that authenticates sends T there."""
+    (operation,) = [op for _, _, op in operations() if op["operationId"] == "fetchStartData"]
+    with_auth = [set(requirement) for requirement in operation["security"] if "clientAuth" in requirement]
+    assert with_auth == [{"startTokenQuery", "clientAuth"}]
+    assert "query" in DOCUMENT["components"]["securitySchemes"]["clientAuth"]["description"]
 
 
 @pytest.mark.parametrize("path", ["/fetch-token/?access_token=R", "/result/?access_token=R&client=vendor"])

@@ -48,7 +48,7 @@ from webapp.fetches import Claim, claim, decide, reopen
 from webapp.lifecycle import Status
 from webapp.models import Client, Exam, ResultFetch, ToolCall, utcnow
 from webapp.vendor_client import FetchOutcome
-from webapp.webhooks import verify_webhook
+from webapp.webhooks import fetch_payload, verify_webhook
 from worker.app import make_app
 
 pytestmark = pytest.mark.process
@@ -238,7 +238,9 @@ def test_a_signed_fetch_carries_the_same_webhook_id_on_every_attempt(portal):
     fetch = portal.wait_fetch(vendor, token)
     assert fetch.state == "done"
     requests = portal.requests(vendor, token)
-    assert len(requests) == 2 and all(verify_webhook(secret, r.headers) for r in requests)
+    assert len(requests) == 2 and all(
+        verify_webhook(secret, r.headers, fetch_payload(token)) for r in requests
+    )
     assert {r.headers["webhook-id"] for r in requests} == {str(fetch.id)}
 
 

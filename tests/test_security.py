@@ -9,7 +9,11 @@
   no open redirect through ``next``, judged the way a browser reads the Location.
 - **Security headers** on every page the URL map has, for every kind of visitor.
 - **Vendor secrets and Standard Webhooks signatures** in the demo vendor: test_demo_vendor.py
-  (referenced below, not repeated).
+  (referenced below, not repeated); the portal's real signed fetches verified by the official
+  libraries: test_signed_fetch.py.
+- **Requests** (body size against the real gunicorn, trusted proxies, NUL and lone surrogates on
+  PostgreSQL, JSON on form pages): test_inbound.py. **Sessions** ending at logout, at a new password
+  and with their lifetime: test_sessions.py.
 - **Production's vendor URLs**: https only, and addresses checked at connect time -- against a
   resolver that answers differently each time (DNS rebinding), a mixed answer, a network that
   delivers elsewhere, and end to end through a production ``callbacks`` worker. The unit tests of
@@ -46,7 +50,7 @@ import pytest
 import requests
 from callbacks_worker import CLEARED
 from fetch_support import Portal, new_token, running_portal
-from helpers import REPO, free_port, suite_redis_url, wait_until
+from helpers import REPO, free_port, listening_addresses, procfile_line, suite_redis_url, wait_until
 from portal_support import (
     REDIS_URL,
     add_client,
@@ -382,6 +386,9 @@ def test_next_never_leads_off_site(portal, target, encoding):
         response = client.post("/accounts/login/?next=" + link, data=form)
     else:
         response = client.post("/accounts/login/", query_string={"next": target}, data=form)
+    if "\x00" in target:  # refused before the login is even looked at (test_inbound.py)
+        assert response.status_code == 400 and "Location" not in response.headers
+        return
     assert response.status_code == 302
     assert where_a_browser_goes(response.headers["Location"]) == ("https", "portal.example"), (
         response.headers["Location"]
@@ -599,13 +606,6 @@ def test_a_production_worker_refuses_a_vendor_url_that_is_not_https_to_a_public_
 # ---- Flower ---------------------------------------------------------------------------------------------
 
 
-def procfile_line(name: str) -> str:
-    for line in (REPO / "Procfile").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"the Procfile has no {name} line")
-
-
 def procfile_environment(extra: dict[str, str]) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith((*CLEARED, "FLOWER_"))}
     path = f"{Path(sys.executable).parent}{os.pathsep}{inherited.get('PATH', '')}"
@@ -687,21 +687,6 @@ def test_flower_answers_metrics_and_healthcheck_without_a_login(flower):
     metrics = flower.get("/metrics")
     assert metrics.status_code == 200 and b"# HELP flower_" in metrics.content
     assert flower.get("/healthcheck").text == "OK"
-
-
-def listening_addresses(port: int) -> set[str]:
-    """The local addresses a TCP socket listens on at ``port`` (from /proc/net/tcp and tcp6)."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address, hex_port = local.split(":")
-                if state == "0A" and int(hex_port, 16) == port:
-                    # The kernel writes each 32-bit word of the address in host (little-endian) order.
-                    words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)]
-                    found.add(str(ipaddress.ip_address(b"".join(words))))
-    return found
 
 
 def test_flower_started_by_the_procfile_listens_on_loopback_only(flower):

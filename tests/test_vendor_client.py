@@ -358,7 +358,10 @@ def test_webhook_headers_with_a_secret_verify(vendor):
     assert headers["webhook-id"] == "fetch-17"
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
     assert headers["webhook-signature"].startswith("v1,")
-    assert verify_webhook(SECRET, v.received[0][1], b"")
+    # Signed over the token asked for, not over the empty body of the GET.
+    assert verify_webhook(SECRET, v.received[0][1], '{"access_token":"T0k3n"}')
+    assert not verify_webhook(SECRET, v.received[0][1], b"")
+    assert not verify_webhook(SECRET, v.received[0][1], '{"access_token":"another"}')
 
 
 def test_the_webhook_id_is_stable_across_attempts(vendor):

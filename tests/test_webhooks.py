@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from webapp.webhooks import sign_webhook, verify_webhook, webhook_headers
+from webapp.webhooks import fetch_payload, sign_webhook, verify_webhook, webhook_headers
 
 SECRET = "whsec_" + base64.b64encode(b"a vendor's thirty-two byte key!!").decode()
 
@@ -90,3 +90,12 @@ def test_webhook_headers_verify_for_their_body():
 def test_a_whsec_secret_that_is_not_base64_is_refused():
     with pytest.raises(ValueError, match="not base64"):
         webhook_headers("whsec_not*base64", "msg_1")
+
+
+def test_the_fetch_payload_is_the_tokens_json_without_whitespace():
+    assert fetch_payload("R-1") == '{"access_token":"R-1"}'
+    # Of printable ASCII, only the quote and the backslash are escaped (as JavaScript escapes them).
+    assert fetch_payload('a "b" \\ /<&>+%') == '{"access_token":"a \\"b\\" \\\\ /<&>+%"}'
+    printable = "".join(map(chr, range(0x20, 0x7F)))
+    escaped = printable.replace("\\", "\\\\").replace('"', '\\"')
+    assert fetch_payload(printable) == '{"access_token":"' + escaped + '"}'

@@ -22,7 +22,7 @@ from worker.app import make_app
 def create_app(config: dict | None = None) -> Flask:
     # The views and commands are imported here, as the Flask tutorial does: importing a domain
     # module (a Celery worker does) never loads the web layer.
-    from webapp import api, auth, cli, ops, portal
+    from webapp import api, auth, cli, inbound, ops, portal
     from webapp.errors import too_many_requests
     from webapp.limits import limiter
 
@@ -44,6 +44,7 @@ def create_app(config: dict | None = None) -> Flask:
         broker_url=app.config["CELERY_BROKER_URL"],
         result_backend=app.config["CELERY_RESULT_BACKEND"],
     )
+    inbound.install(app)  # first: before anything reads a request's body
     CSRFProtect(app)  # every form; the vendor API takes no forms (GET only)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
     app.config.setdefault("RATELIMIT_ENABLED", app.config["TOOLCALL_RATELIMIT"])

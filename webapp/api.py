@@ -1,7 +1,8 @@
 """The vendor API (v2, wire-compatible with the original): discovery, start data, result tokens.
 
     GET /.api/toolcall/v2/                         discovery
-    GET /fetch-token/?access_token=T               start data; the start token is used up
+    GET /fetch-token/?access_token=T               start data; the start token is used up (a client
+                                                   with a secret signs this query: X-Toolcall-Auth)
     GET /result/?access_token=R&client=NAME        a result is ready: the portal will fetch it
     GET /.api/toolcall/v2/openapi.json             this API as an OpenAPI 3.1 document (webapp/openapi.json)
 
@@ -27,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from webapp import fetches, lifecycle
 from webapp.db import get_session
-from webapp.errors import api_error, wants_html
+from webapp.errors import api_error, is_api_path, wants_html
 from webapp.lifecycle import Status
 from webapp.limits import limiter, made_a_fetch_owed, max_owed_fetches, setting
 from webapp.models import Client, ToolCall
@@ -52,7 +53,8 @@ OWED_RETRY_AFTER_SECS = 60
 
 
 def request_token() -> str | None:
-    """The access token: query parameter, else X-Access-Token, else ``Authorization: Token ...``."""
+    """The access token: query parameter, else X-Access-Token, else ``Authorization: Token ...``
+    (the headers only for clients without a secret, on ``/fetch-token/``)."""
     token = request.args.get("access_token")
     if token:
         return token
@@ -73,7 +75,8 @@ def start_tokens() -> StartTokens:
 
 @bp.get("/.api/toolcall/v2/")
 def discovery():
-    root = request.url_root
+    # The operator's public URL, not one built from the request: a Host header would choose it.
+    root = current_app.config["TOOLCALL_PUBLIC_URL"]
     return jsonify(
         {
             "api": {
@@ -141,6 +144,14 @@ def fetch_token():
     if toolcall is None:
         return api_error("token-expired", "the start token is unknown, already used or expired", token)
     client = toolcall.tool.client
+    if client.secret and not request.args.get("access_token"):
+        # X-Toolcall-Auth signs the path and query: a token in a header would not be covered.
+        return api_error(
+            "client-auth-failed",
+            f"client {client.name} has a secret: send the start token in the query (access_token), "
+            "where X-Toolcall-Auth signs it",
+            token,
+        )
     if client.secret and not client_auth_ok(client):
         return api_error(
             "client-auth-failed", f"client {client.name} must authenticate (X-Toolcall-Auth)", token
@@ -229,17 +240,13 @@ def openapi():
     )
 
 
-def _is_api_path(path: str) -> bool:
-    return path.startswith("/.api/") or path in ("/fetch-token/", "/result/")
-
-
 @bp.app_errorhandler(404)
 @bp.app_errorhandler(405)
 def api_routing_error(error: HTTPException):
     """A wrong method on an endpoint of the API, or an unknown path under ``/.api/``: the
     envelope, not Werkzeug's page (routing errors happen before any blueprint is chosen, so this
     is an app-wide handler that leaves every other path alone)."""
-    if not _is_api_path(request.path):
+    if not is_api_path(request.path):
         return error
     if error.code == 405:
         response = api_error("method-not-allowed", f"{request.method} is not allowed here; use GET")

@@ -1,11 +1,19 @@
-"""Logging in and out (flask-login; forms with CSRF tokens from Flask-WTF)."""
+"""Logging in and out (flask-login; forms with CSRF tokens from Flask-WTF).
+
+A login session holds the user's id and session version (``User.get_id``) and when the user logged
+in. It is taken on each request only while the version is still the user's -- a logout or a new
+password bumps it (``User.end_sessions``), ending every session of the user, copies of its cookie
+included -- and for ``TOOLCALL_SESSION_LIFETIME_SECS`` after the login, however busy it was. The
+cookie itself expires with the lifetime too (a permanent session). Remember-me is not offered.
+"""
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import LoginManager, login_user, logout_user
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import PasswordField, StringField
@@ -21,9 +29,26 @@ login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 
 
+#: The session key holding when the user logged in (unix seconds).
+LOGIN_AT = "login_at"
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    return get_session().get(User, int(user_id)) if user_id.isdigit() else None
+def load_user(session_id: str) -> User | None:
+    """The user of this login session, while the session is valid (see the module's docstring)."""
+    user_id, _, version = session_id.partition(":")
+    if not (_number(user_id) and _number(version)):
+        return None  # not ours, or from before session versions
+    login_at = session.get(LOGIN_AT)
+    lifetime = current_app.config["TOOLCALL_SESSION_LIFETIME_SECS"]
+    if not isinstance(login_at, int) or not 0 <= time.time() - login_at <= lifetime:
+        return None
+    user = get_session().get(User, int(user_id))
+    return user if user is not None and user.session_version == int(version) else None
 
 
 class LoginForm(FlaskForm):
@@ -68,6 +93,8 @@ def login():
                 user.set_password(form.password.data)
                 get_session().commit()
             login_user(user)
+            session.permanent = True  # the cookie expires with the lifetime
+            session[LOGIN_AT] = int(time.time())
             return redirect(safe_next(request.args.get("next")))
         flash("Unknown username or wrong password.")
     return render_template("auth/login.html", form=form), (401 if form.is_submitted() else 200)
@@ -77,6 +104,10 @@ def login():
 def logout():
     form = LogoutForm()
     if form.validate_on_submit():
+        if current_user.is_authenticated:
+            current_user.end_sessions()  # on every device, and any copy of the cookie
+            get_session().commit()
+        session.clear()  # first: logout_user leaves a note in it when a remember-me cookie is to go
         logout_user()
         return redirect(url_for("auth.login"))
     return render_template("auth/logout.html", form=form)

@@ -41,9 +41,13 @@ def _db():
 
 
 def save_user(session: Session, name: str, password: str, admin: bool = False, **fields) -> User:
-    """Create or update a user (by name)."""
-    user = session.scalar(select(User).where(User.username == name)) or User(username=name)
+    """Create or update a user (by name). Setting an existing user's password ends the user's login
+    sessions, as a new password should."""
+    existing = session.scalar(select(User).where(User.username == name))
+    user = existing or User(username=name)
     user.set_password(password)
+    if existing is not None:
+        user.end_sessions()
     user.is_admin = admin
     for key, value in fields.items():
         if value is not None:
@@ -116,7 +120,7 @@ def load_demo() -> None:
 @click.option("--email")
 @click.option("--extra-time", is_flag=True)
 def users_add(name, password, admin, first_name, last_name, email, extra_time) -> None:
-    """Add (or update) a user."""
+    """Add (or update) a user; updating sets the password and ends the user's sessions."""
     with _db().session() as session:
         save_user(session, name, password, admin, first_name=first_name, last_name=last_name, email=email,
                   extra_time=extra_time)  # fmt: skip

@@ -1,8 +1,9 @@
 """Settings of the portal, from the environment, with a working default for every one on one machine.
 
-See the table in README.md ("Configuration"). ``settings(instance_path, overrides)`` is called by
-``create_app`` (``overrides`` being the app's own config, e.g. a test's) and by the Celery tasks,
-which have no Flask app. Variables are read the way every process reads them (``celeryconfig``).
+See the table in docs/operating.md ("Configuration reference"). ``settings(instance_path,
+overrides)`` is called by ``create_app`` (``overrides`` being the app's own config, e.g. a test's)
+and by the Celery tasks, which have no Flask app. Variables are read the way every process reads
+them (``celeryconfig``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,33 @@ import os
 import secrets
 import tempfile
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from celeryconfig import ConfigurationError, broker_url, flag, redis_url, result_backend, seconds
+from celeryconfig import (
+    ConfigurationError,
+    broker_url,
+    flag,
+    redis_url,
+    result_backend,
+    seconds,
+    whole_number,
+)
 from toolbus.descriptors import default_tools_path
 
 __all__ = ["ConfigurationError", "settings"]
 
 #: The development key's file in the instance folder.
 SECRET_KEY_FILE = "secret_key"
+#: The largest request body the portal reads (``TOOLCALL_MAX_CONTENT_LENGTH``): its forms are a few
+#: fields, and the vendor API takes no body at all.
+MAX_CONTENT_LENGTH = 1 << 20
+#: Multipart forms: the most one non-file field may hold, and the most fields a form may have.
+MAX_FORM_MEMORY_SIZE = 64 << 10
+MAX_FORM_PARTS = 100
+#: How long a login lasts (``TOOLCALL_SESSION_LIFETIME_SECS``): a working day, counted from the login.
+SESSION_LIFETIME_SECS = 8 * 3600
 
 
 def _secret_key(instance_path: Path, production: bool, configured: str | None = None) -> str:
@@ -54,18 +73,17 @@ def _secret_key(instance_path: Path, production: bool, configured: str | None = 
     return key
 
 
-def _count(name: str, default: int) -> int:
-    """A whole number of at least 1 from the environment."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number; set e.g. {name}={default}") from None
-    if value < 1:
-        raise ConfigurationError(f"{name}={raw!r} must be 1 or more; set e.g. {name}={default}")
-    return value
+def _public_url(configured: str | None) -> str:
+    """The portal's public root URL, ending in ``/``: ``TOOLCALL_PUBLIC_URL``, or this machine's port."""
+    if not configured:
+        return f"http://127.0.0.1:{whole_number('PORT', 5000, least=1)}/"
+    parts = urlsplit(configured)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"TOOLCALL_PUBLIC_URL={configured!r} must be the portal's root URL as users and vendors reach "
+            "it, e.g. TOOLCALL_PUBLIC_URL=https://exams.example.org/"
+        )
+    return configured if configured.endswith("/") else configured + "/"
 
 
 def default_instance_path() -> Path:
@@ -122,13 +140,33 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         # Reports that make a result fetch owed (a new token, a failed one again), per address; and
         # how many fetches one client may have owed at once (webapp/limits.py).
         "TOOLCALL_RATELIMIT_NEW_FETCHES": os.environ.get("TOOLCALL_RATELIMIT_NEW_FETCHES") or "300/minute",
-        "TOOLCALL_MAX_OWED_FETCHES": _count("TOOLCALL_MAX_OWED_FETCHES", 10000),
+        "TOOLCALL_MAX_OWED_FETCHES": whole_number("TOOLCALL_MAX_OWED_FETCHES", 10000, least=1),
+        # Where the web process listens (the Procfile binds ${HOST:-127.0.0.1}), and the root URL the
+        # portal gives out in absolute links (discovery's root-url).
+        "HOST": os.environ.get("HOST") or "127.0.0.1",
+        "TOOLCALL_PUBLIC_URL": _public_url(os.environ.get("TOOLCALL_PUBLIC_URL")),
+        # How many reverse proxies in front of the portal set X-Forwarded-For and -Proto: their hops
+        # are believed (Werkzeug's ProxyFix), no others -- a client cannot choose its address.
+        "TOOLCALL_TRUSTED_PROXIES": whole_number("TOOLCALL_TRUSTED_PROXIES", 0),
+        "MAX_CONTENT_LENGTH": whole_number("TOOLCALL_MAX_CONTENT_LENGTH", MAX_CONTENT_LENGTH, 1, "bytes"),
+        "MAX_FORM_MEMORY_SIZE": MAX_FORM_MEMORY_SIZE,
+        "MAX_FORM_PARTS": MAX_FORM_PARTS,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
         "REMEMBER_COOKIE_SECURE": production,
     }
     values.update(overrides)
+    values["MAX_FORM_MEMORY_SIZE"] = min(values["MAX_FORM_MEMORY_SIZE"], values["MAX_CONTENT_LENGTH"])
+    # The session's lifetime, and the cookie settings that follow it (an override's too).
+    if "TOOLCALL_SESSION_LIFETIME_SECS" not in overrides:
+        values["TOOLCALL_SESSION_LIFETIME_SECS"] = seconds(
+            "TOOLCALL_SESSION_LIFETIME_SECS", SESSION_LIFETIME_SECS, int
+        )
+    lifetime = timedelta(seconds=values["TOOLCALL_SESSION_LIFETIME_SECS"])
+    values.setdefault("PERMANENT_SESSION_LIFETIME", lifetime)
+    # Remember-me cookies are not offered; were one set, it would last no longer than a session.
+    values.setdefault("REMEMBER_COOKIE_DURATION", lifetime)
     values["INSTANCE_PATH"] = str(instance_path)
     values["TOOLCALL_PRODUCTION"] = production
     return values

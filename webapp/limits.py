@@ -6,6 +6,8 @@ that make a result fetch owed (a new result token, or a failed fetch's token aga
 portal a row and requests to the vendor; repeats of a known token cost nothing and are not
 counted). ``TOOLCALL_RATELIMIT=off`` turns them off, and the cap of owed fetches per client with
 them (``webapp.fetches.owe``); the numbers are settings (``TOOLCALL_RATELIMIT_LOGIN`` and friends).
+The address is the client's: behind ``TOOLCALL_TRUSTED_PROXIES`` proxies, the one they forwarded
+(``webapp.inbound``).
 """
 
 from __future__ import annotations

@@ -74,12 +74,24 @@ class User(UserMixin, Base):
     extra_time: Mapped[bool] = mapped_column(Boolean, default=False)
     persnr: Mapped[str] = mapped_column(String(33), unique=True, default=new_persnr)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Part of every login session's id (``get_id``): bumping it ends all of them, copies included.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def set_password(self, password: str) -> None:
         self.password_hash = passwords.hash_password(password)
 
     def check_password(self, password: str) -> bool:
         return passwords.check_password(self.password_hash, password)
+
+    def get_id(self) -> str:
+        """The id flask-login keeps in the session: ``<user id>:<session version>``."""
+        return f"{self.id}:{self.session_version}"
+
+    def end_sessions(self) -> None:
+        """Ends every login session of this user (at logout, and with a new password).
+
+        An increment in SQL, so that two logouts at once both count."""
+        self.session_version = User.session_version + 1
 
 
 class Client(Base):

@@ -10,7 +10,8 @@ The life of one fetch attempt:
 1. Build the URL (``access_token`` added to the query) and refuse a non-https URL in production.
 2. Take the thread's kept connection to the host, or resolve, check and connect (production:
    public addresses only), under the connect timeout.
-3. Send the GET with ``Accept: application/json`` and, if the client has a secret, the signature.
+3. Send the GET with ``Accept: application/json`` and, if the client has a secret, the signature
+   (Standard Webhooks, over ``webhooks.fetch_payload(token)``).
 4. Read the status and headers, then at most ``max_bytes`` of body, all within the total budget.
 5. Classify (§5): ``ok``, ``retry`` (with ``Retry-After`` where honoured) or ``fail``, with a short
    error text for the fetch record. Validating the body (§4) is the caller's job.
@@ -28,7 +29,7 @@ from typing import Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from webapp import outbound
-from webapp.webhooks import webhook_headers
+from webapp.webhooks import fetch_payload, webhook_headers
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -106,9 +107,9 @@ def fetch_result(
 
     ``within_grace`` is true during the first 10 minutes after the vendor reported the result: only
     then are 404, 409 and 425 worth retrying. ``webhook_id`` is the fetch record's id (stable across
-    retries); it is only sent, with a signature, when ``client_secret`` is set (an empty secret counts
-    as none). Never raises for anything the vendor, the network or the client's URL does: every
-    such case is an outcome (a URL no request can be made to fails, saying why).
+    retries); it is only sent, with a signature of the token's payload, when ``client_secret`` is set
+    (an empty secret counts as none). Never raises for anything the vendor, the network or the
+    client's URL does: every such case is an outcome (a URL no request can be made to fails, saying why).
     """
     try:
         # Before the secret is used: a refused URL is reported as such even if the secret is bad too.
@@ -121,7 +122,8 @@ def fetch_result(
     headers = {"Accept": "application/json"}
     if client_secret:
         try:
-            headers.update(webhook_headers(client_secret, webhook_id))
+            # Signed over the token asked for: the signature is worth nothing for another result.
+            headers.update(webhook_headers(client_secret, webhook_id, fetch_payload(token)))
         except ValueError as exc:
             return FetchOutcome("fail", error=str(exc))  # the client's secret is misconfigured
 

@@ -4,10 +4,20 @@ When a client has a secret, the result fetch carries Standard Webhooks headers (
 ``webhook-timestamp``, ``webhook-signature``) so the vendor can tell the portal from anyone else
 knowing its URL. ``webhook_headers`` makes them; ``verify_webhook`` is the vendor's side of it.
 
+The fetch is a GET without a body, so what is signed as its payload is the token it asks for:
+``fetch_payload(R)``, the JSON text ``{"access_token":"<R>"}`` without whitespace. The vendor
+rebuilds it from the request's query and verifies it as the body (any Standard Webhooks library
+does, given it), so a signature captured from one fetch opens no other result. R is printable ASCII
+(spec §2), of which JSON escapes only ``"`` and ``\\`` (as ``\\"`` and ``\\\\``): Python's ``json.dumps``
+and JavaScript's ``JSON.stringify`` write exactly that; Go's ``json.Marshal`` also escapes ``<``,
+``>`` and ``&`` unless told not to (``SetEscapeHTML(false)``), PHP's ``json_encode`` also ``/``
+(``JSON_UNESCAPED_SLASHES``).
+
 Key derivation for the signature: a secret of the form ``whsec_<base64>`` (how Standard Webhooks
 libraries issue them) means the key is the base64-decoded rest; any other secret is used as its UTF-8
 bytes, so the plain secrets set with ``flask clients add --secret S`` work unchanged. A vendor using a
-Standard Webhooks library should therefore be given a ``whsec_`` secret.
+Standard Webhooks library gives it a ``whsec_`` secret as it is, or a plain secret's UTF-8 bytes (as
+text, the libraries would take a plain secret for base64).
 """
 
 from __future__ import annotations
@@ -16,10 +26,18 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Mapping
 
-__all__ = ["WEBHOOK_TOLERANCE", "sign_webhook", "verify_webhook", "webhook_headers", "webhook_key"]
+__all__ = [
+    "WEBHOOK_TOLERANCE",
+    "fetch_payload",
+    "sign_webhook",
+    "verify_webhook",
+    "webhook_headers",
+    "webhook_key",
+]
 
 WEBHOOK_TOLERANCE = 300  # seconds either side of the receiver's clock
 
@@ -37,6 +55,14 @@ def webhook_key(secret: str) -> bytes:
                 "set the secret as issued, or without the prefix to use it as plain text"
             ) from exc
     return secret.encode("utf-8")
+
+
+def fetch_payload(token: str) -> str:
+    """What the signature of a result fetch covers: ``{"access_token":"<token>"}``, no whitespace.
+
+    ``ensure_ascii`` is moot for a result token (printable ASCII); for any other text it would write
+    non-ASCII as ``\\uXXXX`` where JavaScript's ``JSON.stringify`` writes the character itself."""
+    return json.dumps({"access_token": token}, separators=(",", ":"))
 
 
 def sign_webhook(secret: str, webhook_id: str, timestamp: int, body: bytes | str = b"") -> str:

@@ -187,9 +187,10 @@ def result_body(attempt: Attempt, token: str, answers) -> str:
 def result_data():
     """README step 6: the portal fetches the result data for R (after we reported R)."""
     secret = current_app.config["CLIENT_SECRET"]
-    if secret and not signed_by_portal(secret, request.headers, request.get_data()):
-        return api_error("signature-invalid", "this call is not signed by the portal", None, 401)
     token = request.args.get("access_token", "")
+    # The portal signs the token it asks for: a signature made for another result is refused.
+    if secret and not signed_by_portal(secret, request.headers, token):
+        return api_error("signature-invalid", "this call is not signed by the portal", None, 401)
     if not token:
         return api_error("missing-token", "no result token given (query parameter access_token)", None, 400)
     body = store().result(token)

@@ -3,8 +3,13 @@
 - **Ours**, on the portal's ``/fetch-token/`` when we have a client secret:
   ``X-Toolcall-Auth: <client name> <unix seconds> <hex HMAC-SHA256(secret, "<seconds>\\n<METHOD>\\n<path?query>")>``,
   the path and query exactly as sent.
-- **The portal's**, on its calls to our result URL: Standard Webhooks headers ``webhook-id``,
-  ``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``).
+  The start token goes in the query, where this signature covers it (a client with a secret that
+  sends it in a header is refused).
+- **The portal's**, on its GET of our result URL: Standard Webhooks headers ``webhook-id``,
+  ``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of
+  ``"{id}.{timestamp}.{payload}"``), the payload being ``{"access_token":"<R>"}`` for the result
+  token R of the request's query (``fetch_payload``): a signature for one R is worth nothing for
+  another. A Standard Webhooks library verifies the same thing given that payload as the body.
 
 Standard library only, so a vendor can copy this file as it is.
 """
@@ -15,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Mapping
 
@@ -40,11 +46,17 @@ def webhook_key(secret: str) -> bytes:
     return secret.encode()
 
 
-def signed_by_portal(
-    secret: str, headers: Mapping[str, str], body: bytes = b"", now: float | None = None
-) -> bool:
-    """True if ``headers`` (a case-insensitive mapping, like Flask's ``request.headers``) carry a
-    valid, current Standard Webhooks signature of ``body`` under ``secret``."""
+def fetch_payload(token: str) -> bytes:
+    """What the portal signs when it fetches the result ``token``: its JSON text, no whitespace
+    (R is printable ASCII: only ``"`` and ``\\`` are escaped, with a backslash)."""
+    return json.dumps({"access_token": token}, separators=(",", ":")).encode()
+
+
+def signed_by_portal(secret: str, headers: Mapping[str, str], token: str, now: float | None = None) -> bool:
+    """True if ``headers`` carry a valid, current Standard Webhooks signature by the portal of its
+    fetch of result ``token`` (the ``access_token`` of the request's query) under ``secret``.
+    Header names are matched in any letter case."""
+    headers = {name.lower(): value for name, value in headers.items()}
     webhook_id = headers.get("webhook-id", "")
     stamp = headers.get("webhook-timestamp", "")
     # ASCII digits only, and not too many: int() refuses "²" and 5000-digit strings by raising.
@@ -52,7 +64,7 @@ def signed_by_portal(
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > TOLERANCE_SECS:
         return False
-    signed = f"{webhook_id}.{stamp}.".encode() + body
+    signed = f"{webhook_id}.{stamp}.".encode() + fetch_payload(token)
     digest = hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
     expected = ("v1," + base64.b64encode(digest).decode()).encode()
     # The header may list several signatures (key rotation); compare them all, in constant time.
