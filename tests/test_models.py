@@ -14,7 +14,6 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from portal_support import (
     add_client,
-    add_tool,
     add_user,
     count,
 )
@@ -106,18 +105,34 @@ def test_attempt_numbers_taken_twice_are_moved_past_the_highest_when_they_become
     database = Database(database_url)
     try:
         upgrade_to(database, "0001")
-        with database.session() as session:
-            client = add_client(session)
-            tool, other = add_tool(session, client, "excel"), add_tool(session, client, "word")
-            user = add_user(session)
-            for exam, number in [(tool, 1), (tool, 1), (tool, 2), (other, 1), (tool, 2), (tool, 1)]:
-                session.add(ToolCall(tool=exam, user=user, status="finished-err", attempt=number))
+        # The rows are written as the tables were then: the models know columns added since.
+        with database.engine.begin() as connection:
+            insert = connection.exec_driver_sql
+            insert(
+                "INSERT INTO toolcall_client (id, name, receive_start_token_url, receive_result_token_url) "
+                "VALUES (1, 'vendor', 'https://v.example.org/s/', 'https://v.example.org/r/')"
+            )
+            for exam_id, slug in [(1, "excel"), (2, "word")]:
+                insert(
+                    "INSERT INTO toolcall_tool (id, client_id, slug, name, description, icon, restartable, "
+                    f"deadline_minutes) VALUES ({exam_id}, 1, '{slug}', '{slug}', '', '', true, 240)"
+                )
+            insert(
+                "INSERT INTO toolcall_user (id, username, password_hash, first_name, last_name, email, is_admin, "
+                "extra_time, persnr, created) VALUES (1, 'candidate', '!', '', '', '', false, false, 'N1', "
+                "CURRENT_TIMESTAMP)"
+            )
+            for exam_id, number in [(1, 1), (1, 1), (1, 2), (2, 1), (1, 2), (1, 1)]:
+                insert(
+                    "INSERT INTO toolcall_toolcall (tool_id, user_id, started, status, attempt) "
+                    f"VALUES ({exam_id}, 1, CURRENT_TIMESTAMP, 'finished-err', {number})"
+                )
         database.upgrade()
         with database.session() as session:
             rows = session.execute(select(ToolCall.tool_id, ToolCall.attempt).order_by(ToolCall.id)).all()
         assert [number for _, number in rows] == [1, 3, 2, 1, 4, 5]
         with pytest.raises(IntegrityError), database.session() as session:
-            session.add(ToolCall(tool_id=rows[0].tool_id, user_id=user.id, status="initial", attempt=5))
+            session.add(ToolCall(tool_id=rows[0].tool_id, user_id=1, status="initial", attempt=5))
             session.flush()
     finally:
         database.dispose()
