@@ -263,7 +263,8 @@ def test_a_setting_that_is_not_a_number_is_reported_by_name(tmp_path, portal_env
 
 
 @pytest.mark.parametrize(
-    ("value", "problem"), [("many", "is not a whole number"), ("0", "must be 1 or more")]
+    ("value", "problem"),
+    [("many", "must be a whole number of at least 1"), ("0", "must be a whole number of at least 1")],
 )
 def test_the_cap_of_owed_fetches_must_be_a_whole_number_of_at_least_one(
     tmp_path, portal_environment, value, problem
