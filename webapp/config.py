@@ -12,8 +12,9 @@ import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from celeryconfig import ConfigurationError, broker_url, flag, redis_url, result_backend, seconds
+from celeryconfig import ConfigurationError, broker_url, flag, number, redis_url, result_backend, seconds
 from toolbus.descriptors import default_tools_path
 
 __all__ = ["ConfigurationError", "settings"]
@@ -56,6 +57,22 @@ def _secret_key(instance_path: Path, production: bool, configured: str | None = 
 
 def default_instance_path() -> Path:
     return Path(os.environ.get("TOOLCALL_INSTANCE", Path(__file__).resolve().parent.parent / "instance"))
+
+
+def public_url(overrides: Mapping | None = None) -> str:
+    """``TOOLCALL_PUBLIC_URL`` without its trailing slash; by default the portal on this machine
+    (``http://127.0.0.1:$PORT``)."""
+    overrides = overrides or {}
+    url = overrides.get("TOOLCALL_PUBLIC_URL") or os.environ.get("TOOLCALL_PUBLIC_URL", "").strip()
+    if not url:
+        url = f"http://127.0.0.1:{os.environ.get('PORT', '').strip() or 5000}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"TOOLCALL_PUBLIC_URL={url!r} is not the portal's root URL; set e.g. "
+            "TOOLCALL_PUBLIC_URL=https://portal.example.org"
+        )
+    return url.rstrip("/")
 
 
 def settings(instance_path: Path | str | None = None, overrides: Mapping | None = None) -> dict:
@@ -105,6 +122,11 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         "TOOLCALL_RATELIMIT_LOGIN": os.environ.get("TOOLCALL_RATELIMIT_LOGIN") or "10/minute",
         "TOOLCALL_RATELIMIT_LOGIN_ADDRESS": os.environ.get("TOOLCALL_RATELIMIT_LOGIN_ADDRESS") or "60/minute",
         "TOOLCALL_RATELIMIT_API": os.environ.get("TOOLCALL_RATELIMIT_API") or "600/minute",
+        # The portal's public root URL (no trailing slash): the LTI issuer, and the base of every URL
+        # the portal gives a tool.
+        "TOOLCALL_PUBLIC_URL": public_url(overrides),
+        # How long a rotated LTI signing key stays in the key set (tools cache key sets).
+        "TOOLCALL_LTI_KEY_OVERLAP_DAYS": number("TOOLCALL_LTI_KEY_OVERLAP_DAYS", 7, zero=True, unit="days"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
