@@ -31,9 +31,11 @@ from browser_support import Served, clean_environment, listening, log_tail, url_
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from helpers import REPO, suite_redis_url
+from sqlalchemy import select
 
 from webapp.db import Database
-from webapp.models import User
+from webapp.lti import grades
+from webapp.models import Client, Exam, User
 
 #: The Redis database of the LTI tests (portal tests use 4, the browser test 3, fetches 5-6).
 REDIS_URL = suite_redis_url(2)
@@ -183,6 +185,15 @@ class LtiSystem:
             session.add(user)
             session.flush()
             return user.persnr
+
+    def add_exam(self, slug: str, **fields) -> None:
+        """An exam of the tool, saved directly (``tools add`` through the CLI takes seconds)."""
+        with self.database() as database, database.session() as session:
+            client = session.scalar(select(Client).where(Client.name == TOOL_NAME))
+            exam = Exam(slug=slug, client=client, name=f"Exam {slug}", **fields)
+            session.add(exam)
+            session.flush()
+            grades.set_default(session, exam)
 
     def browser(self, username: str, password: str) -> Browser:
         browser = Browser()
