@@ -58,6 +58,7 @@ def _new_pair(config: Mapping) -> PlatformKey:
     private = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     kid = secrets.token_urlsafe(16)
     jwk = RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    jwk.pop("key_ops", None)  # RFC 7517 §4.3: not together with "use", which LTI tools read
     jwk.update({"kid": kid, "alg": ALGORITHM, "use": "sig"})
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
