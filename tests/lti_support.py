@@ -221,14 +221,15 @@ def flask_cli(env: dict[str, str], *args: str) -> str:
 
 
 @contextlib.contextmanager
-def running_lti_system(directory: Path, key: str = "jwks") -> Iterator[LtiSystem]:
-    """The portal and the tool (see the module); Redis database 2 must be empty and the caller's."""
+def running_lti_system(directory: Path, key: str = "jwks", redis_url: str = REDIS_URL) -> Iterator[LtiSystem]:
+    """The portal and the tool (see the module); the Redis database (by default 2) must be empty
+    and the caller's."""
     tool_key = ToolKey.make(directory / "tool-key.pem")
     portal_listener, tool_listener = listening("127.0.0.1"), listening("127.0.0.2")
     portal_url, tool_url = url_of(portal_listener), url_of(tool_listener)
     database_url = f"sqlite:///{directory / 'portal.sqlite3'}"
     portal_env = clean_environment(
-        {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "SECRET_KEY": PORTAL_SECRET,
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEY": PORTAL_SECRET,
          "TOOLCALL_INSTANCE": str(directory / "portal"), "TOOLCALL_PUBLIC_URL": portal_url,
          "TOOLCALL_RATELIMIT": "off"}
     )  # fmt: skip
