@@ -369,7 +369,7 @@ def test_an_admin_adds_exams_from_the_tool_by_deep_linking_and_a_replay_adds_not
     assert added.status_code == 200 and "Algebra quiz" in added.text and "Geometry quiz" in added.text
     created = exams_named(lti, "Algebra quiz", "Geometry quiz")[before:]
     (algebra, algebra_item), (geometry, geometry_item) = created
-    assert algebra.launch_url == f"{lti.tool_url}/launch"
+    assert algebra.launch_url == f"{lti.tool_url}/launch?quiz=algebra"  # launches go there: its redirect_uri
     assert json.loads(algebra.custom) == {"quiz": "algebra"}
     assert (algebra_item.score_maximum, algebra_item.label) == (20, "Algebra")
     assert (geometry_item.score_maximum, geometry_item.label) == (100, None)

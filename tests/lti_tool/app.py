@@ -146,7 +146,7 @@ def create_app() -> Flask:
         base = request.host_url.rstrip("/")
         resources = [
             DeepLinkResource()
-            .set_url(f"{base}/launch")
+            .set_url(f"{base}/launch?quiz=algebra")
             .set_title("Algebra quiz")
             .set_custom_params({"quiz": "algebra"})
             .set_lineitem(LineItem().set_score_maximum(20).set_label("Algebra")),

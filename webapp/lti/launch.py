@@ -146,7 +146,7 @@ def authorize(
         raise Refusal("unauthorized_client", "client_id is not the client_id of a registered LTI tool")
     tool = registration.client.name
     redirect_uri = params.get("redirect_uri") or ""
-    if redirect_uri not in registration.redirect_uri_list:
+    if redirect_uri not in registrations.allowed_redirect_uris(session, registration):
         raise Refusal(
             "invalid_request", f"redirect_uri {redirect_uri!r} is not registered for this tool", tool=tool
         )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from webapp.lti import tool_keys
 from webapp.lti.models import LtiRegistration
-from webapp.models import Client
+from webapp.models import Client, Exam
 
 #: The platform's endpoints, under the issuer (fixed paths).
 AUTHORIZE_PATH = "/lti/1.3/authorize"
@@ -126,6 +126,15 @@ def by_name(session: Session, name: str) -> LtiRegistration | None:
         return None
     client = session.scalar(select(Client).where(Client.name == name))
     return client.lti if client is not None else None
+
+
+def allowed_redirect_uris(session: Session, registration: LtiRegistration) -> set[str]:
+    """Where the tool may have the id_token posted: its registered redirect URIs, and the launch
+    URLs of its exams (a tool library redirects to the launch's target, which an exam may name)."""
+    exams = session.scalars(
+        select(Exam.launch_url).where(Exam.client_id == registration.client_id, Exam.launch_url.is_not(None))
+    )
+    return set(registration.redirect_uri_list) | set(exams)
 
 
 def configuration(registration: LtiRegistration, issuer: str) -> dict:
