@@ -302,9 +302,10 @@ def test_a_score_for_someone_who_is_not_a_member_is_400(lti):
 
 @pytest.mark.parametrize(
     "change",
-    [{"timestamp": "yesterday"}, {"timestamp": "2026-01-01T00:00:00"}, {"gradingProgress": "Done"},
-     {"scoreGiven": -1}, {"scoreMaximum": None}, {"userId": None}],
-    ids=["not-a-time", "no-offset", "grading", "negative", "no-maximum", "no-user"],
+    [{"timestamp": "yesterday"}, {"timestamp": "2026-01-01T00:00:00"}, {"timestamp": "9999-12-31T23:30:00-05:00"},
+     {"gradingProgress": "Done"}, {"scoreGiven": -1}, {"scoreGiven": 1e300}, {"scoreMaximum": None},
+     {"userId": None}],
+    ids=["not-a-time", "no-offset", "past-year-9999", "grading", "negative", "huge", "no-maximum", "no-user"],
 )  # fmt: skip
 def test_an_invalid_score_is_400(lti, change):
     slug, sub, item = launched(lti)

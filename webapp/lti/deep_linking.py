@@ -182,7 +182,11 @@ def _new_exam(item: dict, tool: str) -> NewExam:
     maximum = label = None
     if line_item is not None:
         maximum = line_item.get("scoreMaximum") if isinstance(line_item, dict) else None
-        if not isinstance(maximum, int | float) or isinstance(maximum, bool) or not 0 < maximum < 1e12:
+        if (
+            not isinstance(maximum, int | float)
+            or isinstance(maximum, bool)
+            or not 0 < maximum <= grades.MAX_NUMBER
+        ):
             raise DeepLinkingError("an item's lineItem needs a scoreMaximum greater than 0", tool)
         label = line_item.get("label")
         if label is not None and (not isinstance(label, str) or len(label) > 200):

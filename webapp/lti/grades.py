@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from sqlalchemy import delete, exists, func, select, update
@@ -39,6 +39,8 @@ from webapp.models import Exam, ToolCall, ToolCallLog, ToolCallResult, User
 DEFAULT_SCORE_MAXIMUM = 100.0
 #: LTI knows no pass mark: a result counts as passed from this share of the maximum on.
 PASS_SHARE = 0.5
+#: The largest score or maximum accepted.
+MAX_NUMBER = 1e9
 #: A score or line item body larger than this is refused.
 MAX_BODY = 64 * 1024
 #: Tries of a score whose attempt another process moved meanwhile (the sweep): decided again.
@@ -156,7 +158,9 @@ def save_line_item(session: Session, exam: Exam, body: bytes, item: LineItem | N
         raise ServiceError(400, "invalid_request", "label must be a non-empty text of at most 200 characters")
     maximum = document.get("scoreMaximum")
     if not _number(maximum) or maximum <= 0:
-        raise ServiceError(400, "invalid_request", "scoreMaximum must be a number greater than 0")
+        raise ServiceError(
+            400, "invalid_request", f"scoreMaximum must be a number greater than 0, at most {MAX_NUMBER:g}"
+        )
     fields: dict = {"label": label, "score_maximum": float(maximum)}
     for key, column, limit in (("resourceId", "resource_id", 255), ("tag", "tag", 255)):
         value = document.get(key, "")
@@ -341,9 +345,11 @@ def _score_fields(body: bytes) -> dict:
             raise ServiceError(400, "invalid_request", f"{key} must be one of {', '.join(sorted(allowed))}")
     given, maximum = document.get("scoreGiven"), document.get("scoreMaximum")
     if given is not None and (not _number(given) or given < 0):
-        raise ServiceError(400, "invalid_request", "scoreGiven must be a number of at least 0")
+        raise ServiceError(400, "invalid_request", f"scoreGiven must be a number from 0 to {MAX_NUMBER:g}")
     if maximum is not None and (not _number(maximum) or maximum <= 0):
-        raise ServiceError(400, "invalid_request", "scoreMaximum must be a number greater than 0")
+        raise ServiceError(
+            400, "invalid_request", f"scoreMaximum must be a number greater than 0, at most {MAX_NUMBER:g}"
+        )
     if given is not None and maximum is None:
         raise ServiceError(400, "invalid_request", "a score with scoreGiven needs its scoreMaximum")
     comment = document.get("comment")
@@ -396,14 +402,22 @@ def _json_object(body: bytes, what: str) -> dict:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number a score or line item may carry: finite, and at most ``MAX_NUMBER`` (a stored
+    result keeps its score as an integer column)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= MAX_NUMBER
+    )
 
 
 def _moment(value: object) -> datetime | None:
+    """An ISO 8601 date and time with its offset, as UTC; None for anything else."""
     if not isinstance(value, str) or len(value) > 64:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return moment.astimezone(UTC) if moment.tzinfo is not None else None
+    except (ValueError, OverflowError):  # OverflowError: a moment that is not one in UTC (year 10000)
         return None
-    return moment if moment.tzinfo is not None else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
@@ -120,7 +120,9 @@ def _paged(items: Sequence, render: Callable, media_type: str, wrap: Callable | 
     if start + limit < len(items):
         query = request.args.to_dict()
         query.update(limit=str(limit), page=str(number + 1))
-        response.headers["Link"] = f'<{case_proof(request.base_url + "?" + urlencode(query))}>; rel="next"'
+        # From the public URL: behind a proxy, the request's own host is not the one the tool knows.
+        page_url = f"{_issuer()}{quote(request.path)}?{urlencode(query)}"
+        response.headers["Link"] = f'<{case_proof(page_url)}>; rel="next"'
     return response
 
 
