@@ -84,8 +84,9 @@ def test_the_platforms_private_key_never_appears_on_a_page(ops):
     [({"public_key": "-----BEGIN PUBLIC KEY-----"}, "either a key set URL or a public key"),
      ({"jwks_url": ""}, "either a key set URL or a public key"),
      ({"name": "vendor"}, "taken by an API v2 client"),
-     ({"login_url": "ftp://tool.example/"}, "http or https URL")],
-    ids=["both-keys", "no-key", "vendor-name", "bad-url"],
+     ({"login_url": "ftp://tool.example/"}, "http or https URL"),
+     ({"name": "quiz\x00zer"}, "NUL character")],
+    ids=["both-keys", "no-key", "vendor-name", "bad-url", "nul"],
 )  # fmt: skip
 def test_a_registration_that_cannot_be_saved_is_a_form_error(ops, change, error):
     client = logged_in(ops, "operator", "secret")

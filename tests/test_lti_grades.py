@@ -216,3 +216,29 @@ def test_the_members_are_the_candidates_with_an_attempt_and_the_admins(database,
         assert found == {"cand": LEARNER, "admin": INSTRUCTOR}
         assert [u.username for u in members.members(session, exam, role="Learner")] == ["cand"]
         assert [u.username for u in members.members(session, exam, role=INSTRUCTOR)] == ["admin"]
+
+
+# ---- text a database cannot keep ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"comment": "a\u0000b"}, {"userId": "N\u00001"}, {"extra": {"deep": ["\u0000"]}}],
+    ids=["comment", "user", "nested"],
+)
+def test_a_score_with_a_nul_character_is_400_on_every_database(database, rows, document):
+    with database.session() as session:
+        registration, exam, user, item = loaded(session, rows)
+        launched(session, exam, user)
+        sent = json.dumps({**json.loads(body(user.persnr)), **document}).encode()
+        with pytest.raises(ServiceError) as refused:
+            grades.publish(session, registration, item, sent)
+        assert refused.value.status == 400 and "NUL" in refused.value.description
+
+
+def test_a_line_item_with_a_nul_character_is_400_on_every_database(database, rows):
+    with database.session() as session:
+        _, exam, _, _ = loaded(session, rows)
+        with pytest.raises(ServiceError) as refused:
+            grades.save_line_item(session, exam, b'{"label": "x", "scoreMaximum": 1, "tag": "a\\u0000"}')
+        assert refused.value.status == 400

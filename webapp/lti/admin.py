@@ -35,16 +35,30 @@ def _strip(value):
     return value.strip() if isinstance(value, str) else value
 
 
+def no_nul(form, field) -> None:
+    """No NUL character: no column can keep one (PostgreSQL refuses it even in a query)."""
+    if "\x00" in (field.data or ""):
+        raise ValidationError("must not contain a NUL character")
+
+
 class ToolForm(FlaskForm):
-    name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=100)])
-    login_url = StringField("Login URL", filters=[_strip], validators=[DataRequired(), Length(max=500)])
-    launch_url = StringField("Launch URL", filters=[_strip], validators=[DataRequired(), Length(max=500)])
-    redirect_uris = TextAreaField("Redirect URIs (one a line; none: the launch URL)", default="")
-    deep_linking_url = StringField(
-        "Deep-linking URL (none: the launch URL)", filters=[_strip], validators=[Optional(), Length(max=500)]
+    name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=100), no_nul])
+    login_url = StringField(
+        "Login URL", filters=[_strip], validators=[DataRequired(), Length(max=500), no_nul]
     )
-    jwks_url = StringField("Key set URL", filters=[_strip], validators=[Optional(), Length(max=500)])
-    public_key = TextAreaField("Public key (PEM), instead of a key set URL", default="")
+    launch_url = StringField(
+        "Launch URL", filters=[_strip], validators=[DataRequired(), Length(max=500), no_nul]
+    )
+    redirect_uris = TextAreaField(
+        "Redirect URIs (one a line; none: the launch URL)", default="", validators=[no_nul]
+    )
+    deep_linking_url = StringField(
+        "Deep-linking URL (none: the launch URL)",
+        filters=[_strip],
+        validators=[Optional(), Length(max=500), no_nul],
+    )
+    jwks_url = StringField("Key set URL", filters=[_strip], validators=[Optional(), Length(max=500), no_nul])
+    public_key = TextAreaField("Public key (PEM), instead of a key set URL", default="", validators=[no_nul])
     send_names = BooleanField("Send names and e-mail", default=True)
 
     def validate_public_key(self, field) -> None:

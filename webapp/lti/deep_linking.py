@@ -126,6 +126,8 @@ def receive(
         raise DeepLinkingError("deployment_id is not this tool's", tool)
     if claims[MESSAGE_TYPE] != DEEP_LINKING_RESPONSE or claims[VERSION] != LTI_VERSION:
         raise DeepLinkingError(f"the message must be an {DEEP_LINKING_RESPONSE}, version {LTI_VERSION}", tool)
+    if grades.has_nul(claims):
+        raise DeepLinkingError("the response holds a NUL character, which no text may", tool)
     items = [_new_exam(item, tool) for item in _items(claims, tool)]
     data = _data_token(claims.get(DEEP_LINKING_DATA), config, tool)
     ttl = claims["exp"] - time.time() + tool_keys.LEEWAY
@@ -166,6 +168,8 @@ def _new_exam(item: dict, tool: str) -> NewExam:
     if not isinstance(title, str) or len(title) > 200:
         raise DeepLinkingError("an item's title must be a text of at most 200 characters", tool)
     url = item.get("url")
+    if url is not None and not isinstance(url, str):
+        raise DeepLinkingError("an item's url must be a text", tool)
     if url is not None:
         try:
             url = registrations.check_url(url, "item's url", production=False)

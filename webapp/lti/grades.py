@@ -398,7 +398,22 @@ def _json_object(body: bytes, what: str) -> dict:
         raise ServiceError(400, "invalid_request", f"the {what} is not JSON in UTF-8: {e}") from None
     if not isinstance(document, dict):
         raise ServiceError(400, "invalid_request", f"the {what} must be a JSON object")
+    if has_nul(document):
+        raise ServiceError(
+            400, "invalid_request", f"the {what} holds a NUL character (\\u0000), which no text may"
+        )
     return document
+
+
+def has_nul(value: object) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (PostgreSQL text cannot keep one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
 
 
 def _number(value: object) -> bool:

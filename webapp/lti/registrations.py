@@ -49,6 +49,8 @@ class ToolSettings:
 def check_url(url: str, what: str, production: bool) -> str:
     """``url`` if it is an absolute http(s) URL (https in production); else RegistrationError."""
     url = (url or "").strip()
+    if "\x00" in url:
+        raise RegistrationError(f"the {what} must not contain a NUL character")
     parts = urlsplit(url)
     schemes = ("https",) if production else ("http", "https")
     if parts.scheme.lower() not in schemes or not parts.hostname or parts.fragment:
@@ -187,7 +189,7 @@ def parse_custom(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
-        if not sep or not key or any(c.isspace() for c in key):
+        if not sep or not key or any(c.isspace() for c in key) or "\x00" in pair:
             raise RegistrationError(
                 f"a custom parameter is KEY=VALUE with a key without spaces, not {pair!r}"
             )

@@ -86,6 +86,8 @@ def _context(context: str, scopes: Sequence[str]) -> Exam:
     """The exam named by ``context`` if the request's token may use it with one of ``scopes``."""
     granted = access.grant(request.headers.get("Authorization"), _transient())
     g.lti_tool = granted.client_name
+    if any("\x00" in value for value in request.args.values()):  # no column can hold one
+        raise ServiceError(400, "invalid_request", "a query parameter holds a NUL character")
     exam = get_session().scalar(select(Exam).where(Exam.slug == context)) if "\x00" not in context else None
     if exam is None:
         raise ServiceError(404, "not_found", f"no context {context!r}")
