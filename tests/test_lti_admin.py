@@ -151,3 +151,31 @@ def test_the_default_line_item_follows_the_exams_slug(ops):
         session.add(exam)
         item = grades.set_default(session, exam, score_maximum=5)
         assert (item.resource_link_id, item.score_maximum) == ("a", 5)
+
+
+# ---- the commands' refusals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [(["lti-tools", "add", "vendor", "--login-url", "https://t.example/l", "--launch-url", "https://t.example/x",
+       "--jwks-url", "https://t.example/j"], "taken by an API v2 client"),
+     (["lti-tools", "add", "t", "--login-url", "https://t.example/l", "--launch-url", "https://t.example/x"],
+      "exactly one of --jwks-url and --public-key-file"),
+     (["tools", "add", "word", "--client", "vendor", "--name", "Word", "--score-maximum", "5"], "is a vendor"),
+     (["tools", "add", "word", "--client", "vendor", "--name", "Word", "--custom", "x"], "is a vendor")],
+    ids=["vendor-name", "no-key", "vendor-score-maximum", "vendor-custom"],
+)  # fmt: skip
+def test_a_command_that_cannot_save_says_why_and_saves_nothing(ops, args, error):
+    result = ops.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 2 and error in result.output
+    with ops.extensions["db"].session() as session:
+        assert session.scalar(select(LtiRegistration)) is None and session.scalar(select(Exam)) is None
+
+
+def test_lti_keys_rotate_makes_a_new_current_key(ops):
+    result = ops.test_cli_runner().invoke(args=["lti-keys", "rotate"])
+    assert result.exit_code == 0 and "is current" in result.output
+    with ops.extensions["db"].session() as session:
+        [key] = session.scalars(select(PlatformKey)).all()
+        assert key.kid in result.output and key.retired is None
