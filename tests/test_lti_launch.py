@@ -390,3 +390,13 @@ def test_the_deep_linking_page_is_for_admins_only(lti):
     _, browser = candidate(lti)
     page = browser.get(f"{lti.portal_url}/ops/lti-tools/{TOOL_NAME}/deep-link/", timeout=30)
     assert page.status_code == 403
+
+
+def test_the_authorization_request_may_come_as_a_post(lti):
+    slug = add_exam(lti)
+    _, browser = candidate(lti)
+    url = authorize_url(browser, lti, slug)
+    fields = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+    page = browser.post(f"{lti.portal_url}/lti/1.3/authorize", data=fields, timeout=30)
+    assert "id_token" in launch_form(page).fields
+    assert "Hello Cora" in browser.submit(page).text
