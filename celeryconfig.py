@@ -44,6 +44,11 @@ def flag(name: str) -> bool:
 
 def seconds(name: str, default: float, kind: type = float, zero: bool = False) -> float:
     """A number of seconds from the environment: more than 0, or at least 0 where ``zero`` is allowed."""
+    return number(name, default, kind, zero, unit="seconds")
+
+
+def number(name: str, default: float, kind: type = float, zero: bool = False, unit: str = "seconds") -> float:
+    """A number of ``unit`` from the environment: more than 0, or at least 0 where ``zero`` is allowed."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return kind(default)
@@ -51,11 +56,11 @@ def seconds(name: str, default: float, kind: type = float, zero: bool = False) -
         value = kind(raw)
     except ValueError:
         raise ConfigurationError(
-            f"{name}={raw!r} is not a number of seconds; set e.g. {name}={default}"
+            f"{name}={raw!r} is not a number of {unit}; set e.g. {name}={default}"
         ) from None
     if value < 0 or (value == 0 and not zero):
         least = "0 or more" if zero else "more than 0"
-        raise ConfigurationError(f"{name}={raw!r} must be {least} seconds; set e.g. {name}={default}")
+        raise ConfigurationError(f"{name}={raw!r} must be {least} {unit}; set e.g. {name}={default}")
     return value
 
 

@@ -62,14 +62,26 @@ def log_tail(path: Path, lines: int = 40) -> str:
 # ---- servers ----------------------------------------------------------------------------------------
 
 
-class Served:
-    """A WSGI app served by gunicorn on a free port of 127.0.0.1, until ``stop``."""
+def listening(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port of ``host``, for ``Served`` (its URL known before the
+    server starts)."""
+    return socket.create_server((host, 0))
 
-    def __init__(self, name: str, app: str, env: dict[str, str], log_path: Path, workers: int = 2):
+
+def url_of(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+class Served:
+    """A WSGI app served by gunicorn on a free port of 127.0.0.1 (or on ``listener``), until ``stop``."""
+
+    def __init__(self, name: str, app: str, env: dict[str, str], log_path: Path, workers: int = 2,
+                 listener: socket.socket | None = None):  # fmt: skip
         self.name = name
         self.log_path = log_path
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        listener = listener or listening()
+        self.url = url_of(listener)
         argv = [
             *(sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}"),
             *("--workers", str(workers), "--threads", "4", "--graceful-timeout", "10"),

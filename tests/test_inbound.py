@@ -350,14 +350,14 @@ def test_trusted_proxies_must_be_a_count(tmp_path, portal_environment, value):
 def test_discovery_gives_out_the_public_url(tmp_path, portal_environment, redis_db):
     portal_environment.setenv("TOOLCALL_PUBLIC_URL", "https://exams.example.org/portal")
     app = create_app({"INSTANCE_PATH": tmp_path, "SECRET_KEY": "k", "REDIS_URL": REDIS_URL})
-    assert app.config["TOOLCALL_PUBLIC_URL"] == "https://exams.example.org/portal/"
+    assert app.config["TOOLCALL_PUBLIC_URL"] == "https://exams.example.org/portal"  # no trailing slash
     # Whatever Host the request names: the root URL is the operator's, not the client's.
     answer = app.test_client().get("/.api/toolcall/v2/", headers={"Host": "evil.example"})
     assert answer.json["api"]["urls"]["root-url"] == "https://exams.example.org/portal/"
 
 
 @pytest.mark.parametrize(
-    ("port", "url"), [(None, "http://127.0.0.1:5000/"), ("5123", "http://127.0.0.1:5123/")]
+    ("port", "url"), [(None, "http://127.0.0.1:5000"), ("5123", "http://127.0.0.1:5123")]
 )
 def test_the_public_url_defaults_to_the_local_port(tmp_path, portal_environment, port, url):
     portal_environment.delenv("TOOLCALL_PUBLIC_URL", raising=False)

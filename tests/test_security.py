@@ -2,7 +2,8 @@
 
 - **CSRF** on every route that changes state: the app's URL map is walked, so a new POST route is
   covered (or this fails until it is classified). The vendor API takes no forms -- it is GET only,
-  server to server, authenticated by its tokens -- and is listed as exempt by design.
+  server to server, authenticated by its tokens -- and is listed as exempt by design, as are the LTI
+  platform's endpoints, authorized by single-use hints, signed JWTs and bearer tokens.
 - **Cookies**: the session cookie is HttpOnly and SameSite=Lax, and Secure in production.
 - **Login**: rate limits that neither letter case nor a forged X-Forwarded-For get around (the
   limits themselves: test_limits.py); no user enumeration, neither by the answer nor by its time;
@@ -76,6 +77,13 @@ CSRF_EXEMPT_BY_DESIGN = {
     "api.result": "vendor API: GET only (a vendor may redirect the browser here); it only makes the portal "
     "pull from the client's registered URL",
 }
+#: Blueprints that take no CSRF token, and why (webapp/lti/views.py). Nothing else may be exempt.
+CSRF_EXEMPT_BLUEPRINTS_BY_DESIGN = {
+    "lti": "LTI platform endpoints reached from the tool's pages: a launch is authorized by its single-use hint "
+    "for the logged-in user, a deep-linking response by the tool's signed JWT",
+    "lti_services": "LTI token, AGS and NRPS: server to server, authorized by a signed client assertion or a "
+    "bearer token, never by cookies",
+}
 #: What Flask-WTF answers (400) to a missing, a malformed, and another session's token.
 CSRF_REFUSED = b"The CSRF token"
 
@@ -136,7 +144,7 @@ def logged_in(app, username: str, password: str):
 
 def path_of(rule, rows: Rows) -> str:
     values = {"client_id": rows.client, "tool_id": rows.tool, "fetch_id": rows.fetch, "slug": rows.slug,
-              "toolcall_id": 1, "filename": "missing.css"}  # fmt: skip
+              "toolcall_id": 1, "filename": "missing.css", "context": rows.slug, "item_id": "1", "name": "vendor"}  # fmt: skip
     missing = rule.arguments - set(values)
     assert not missing, f"{rule.rule}: give path_of a value for {missing}"
     return rule.build({name: values[name] for name in rule.arguments})[1]
@@ -156,10 +164,12 @@ def snapshot(app, redis_db) -> tuple:
 # ---- CSRF ----------------------------------------------------------------------------------------------
 
 
-def test_csrf_is_on_and_nothing_is_exempt_but_the_vendor_api(portal):
+def test_csrf_is_on_and_nothing_is_exempt_but_the_vendor_api_and_the_lti_endpoints(portal):
     assert portal.config["WTF_CSRF_ENABLED"] is not False and portal.config["WTF_CSRF_CHECK_DEFAULT"]
     csrf_protect = portal.extensions["csrf"]
-    assert not csrf_protect._exempt_views and not csrf_protect._exempt_blueprints
+    assert not csrf_protect._exempt_views
+    exempt = {getattr(blueprint, "name", blueprint) for blueprint in csrf_protect._exempt_blueprints}
+    assert exempt == set(CSRF_EXEMPT_BLUEPRINTS_BY_DESIGN)
     api_rules = [rule for rule in portal.url_map.iter_rules() if rule.endpoint.startswith("api.")]
     assert {rule.endpoint for rule in api_rules} == set(CSRF_EXEMPT_BY_DESIGN)
     for rule in api_rules:  # exempt because nothing there takes a form
@@ -170,9 +180,11 @@ def test_csrf_is_on_and_nothing_is_exempt_but_the_vendor_api(portal):
 
 def test_every_state_changing_route_refuses_a_post_without_a_valid_csrf_token(portal, redis_db):
     rows = portal.config["rows"]
-    guarded = [rule for rule in portal.url_map.iter_rules() if rule.methods & STATE_CHANGING]
+    guarded = [rule for rule in portal.url_map.iter_rules() if rule.methods & STATE_CHANGING
+               and rule.endpoint.partition(".")[0] not in CSRF_EXEMPT_BLUEPRINTS_BY_DESIGN]  # fmt: skip
     assert {rule.endpoint for rule in guarded} >= {"auth.login", "auth.logout", "portal.start", "ops.retry_fetch",
-                                                   "ops.client_new", "ops.client_edit", "ops.tool_new", "ops.tool_edit"}  # fmt: skip
+                                                   "ops.client_new", "ops.client_edit", "ops.tool_new", "ops.tool_edit",
+                                                   "lti_admin.new", "lti_admin.show", "lti_admin.deep_link"}  # fmt: skip
     other_session_token = csrf(logged_in(portal, "candidate", "secret").get("/accounts/logout/").data)
     before = snapshot(portal, redis_db)
     for rule in guarded:

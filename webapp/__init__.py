@@ -1,4 +1,4 @@
-"""The toolcall portal: users start exams hosted by vendors (API v2).
+"""The toolcall portal: users start exams hosted by vendors (API v2) and by LTI 1.3 tools.
 
 ``create_app(config=None)`` builds the Flask app: settings from the environment (``webapp.config``)
 with ``config`` on top, the database, and the CLI commands. Nothing happens at import time.
@@ -25,6 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
     from webapp import api, auth, cli, inbound, ops, portal
     from webapp.errors import too_many_requests
     from webapp.limits import limiter
+    from webapp.lti import views as lti
 
     app = Flask(__name__, instance_relative_config=True)
     config = dict(config or {})
@@ -45,7 +46,7 @@ def create_app(config: dict | None = None) -> Flask:
         result_backend=app.config["CELERY_RESULT_BACKEND"],
     )
     inbound.install(app)  # first: before anything reads a request's body
-    CSRFProtect(app)  # every form; the vendor API takes no forms (GET only)
+    CSRFProtect(app)  # every form; the vendor API takes no forms (GET only); LTI: see webapp.lti.views
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
     app.config.setdefault("RATELIMIT_ENABLED", app.config["TOOLCALL_RATELIMIT"])
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
@@ -56,6 +57,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(portal.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    lti.register(app)
     app.after_request(security_headers)
     cli.register(app)
     return app

@@ -76,7 +76,7 @@ def start_tokens() -> StartTokens:
 @bp.get("/.api/toolcall/v2/")
 def discovery():
     # The operator's public URL, not one built from the request: a Host header would choose it.
-    root = current_app.config["TOOLCALL_PUBLIC_URL"]
+    root = current_app.config["TOOLCALL_PUBLIC_URL"] + "/"
     return jsonify(
         {
             "api": {

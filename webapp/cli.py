@@ -5,6 +5,8 @@
     flask --app webapp users add NAME --password PW [--admin] [--first-name F] [--last-name L] [--email E] [--extra-time]
     flask --app webapp clients add NAME --start-url URL --result-url URL [--secret S]
     flask --app webapp tools add SLUG --client NAME --name TEXT [--description TEXT] [--deadline-minutes N] [--not-restartable]
+          [--launch-url URL] [--custom KEY=VALUE]... [--score-maximum N]      (the last three: LTI tools only)
+    flask --app webapp lti-tools add ..., lti-keys rotate                   (webapp/lti/cli.py)
 
 Each command says what it saved; an error says what is missing and how to add it.
 """
@@ -20,6 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from webapp import outbound
+from webapp.lti import grades, registrations
+from webapp.lti.cli import COMMANDS as LTI_COMMANDS
 from webapp.models import Client, Exam, User
 
 #: Where the demo vendor (examples/vendor, the Procfile's `vendor` line) listens by default.
@@ -157,7 +161,13 @@ def _check_vendor_url(option: str, url: str) -> None:
 @click.option("--description", default="")
 @click.option("--deadline-minutes", type=click.IntRange(min=1), default=240)
 @click.option("--not-restartable", is_flag=True)
-def tools_add(slug, client_name, name, description, deadline_minutes, not_restartable) -> None:
+@click.option("--launch-url", help="LTI: where this exam's launches go (default: the tool's launch URL)")
+@click.option("--custom", multiple=True, metavar="KEY=VALUE", help="LTI: a custom parameter of the launch")
+@click.option(
+    "--score-maximum", type=click.FloatRange(min=0, min_open=True), help="LTI: the line item's maximum"
+)
+def tools_add(slug, client_name, name, description, deadline_minutes, not_restartable, launch_url, custom,
+              score_maximum) -> None:  # fmt: skip
     """Add (or update) a tool."""
     with _db().session() as session:
         client = session.scalar(select(Client).where(Client.name == client_name))
@@ -165,10 +175,27 @@ def tools_add(slug, client_name, name, description, deadline_minutes, not_restar
             raise click.UsageError(
                 f"no client {client_name!r}; add it first with: clients add {client_name} ..."
             )
-        save_tool(session, slug, client, name, description, deadline_minutes, not not_restartable)
+        lti_options = launch_url is not None or custom or score_maximum is not None
+        if client.lti is None and lti_options:
+            raise click.UsageError(
+                f"--launch-url, --custom and --score-maximum are for exams of LTI tools; {client_name} is a vendor"
+            )
+        try:
+            if launch_url is not None:
+                launch_url = registrations.check_url(
+                    launch_url, "launch URL", current_app.config["TOOLCALL_PRODUCTION"]
+                )
+            parameters = registrations.parse_custom(custom)
+        except registrations.RegistrationError as e:
+            raise click.UsageError(str(e)) from None
+        tool = save_tool(session, slug, client, name, description, deadline_minutes, not not_restartable)
+        if client.lti is not None:
+            tool.launch_url = launch_url or None
+            tool.custom = registrations.dump_custom(parameters)
+            grades.set_default(session, tool, score_maximum=score_maximum)
     click.echo(f"tool {slug} saved")
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, load_demo, users, clients, tools):
+    for command in (init_db, load_demo, users, clients, tools, *LTI_COMMANDS):
         app.cli.add_command(command)

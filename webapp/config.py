@@ -20,6 +20,7 @@ from celeryconfig import (
     ConfigurationError,
     broker_url,
     flag,
+    number,
     redis_url,
     result_backend,
     seconds,
@@ -73,21 +74,24 @@ def _secret_key(instance_path: Path, production: bool, configured: str | None = 
     return key
 
 
-def _public_url(configured: str | None) -> str:
-    """The portal's public root URL, ending in ``/``: ``TOOLCALL_PUBLIC_URL``, or this machine's port."""
-    if not configured:
-        return f"http://127.0.0.1:{whole_number('PORT', 5000, least=1)}/"
-    parts = urlsplit(configured)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"TOOLCALL_PUBLIC_URL={configured!r} must be the portal's root URL as users and vendors reach "
-            "it, e.g. TOOLCALL_PUBLIC_URL=https://exams.example.org/"
-        )
-    return configured if configured.endswith("/") else configured + "/"
-
-
 def default_instance_path() -> Path:
     return Path(os.environ.get("TOOLCALL_INSTANCE", Path(__file__).resolve().parent.parent / "instance"))
+
+
+def public_url(overrides: Mapping | None = None) -> str:
+    """``TOOLCALL_PUBLIC_URL`` without its trailing slash; by default the portal on this machine
+    (``http://127.0.0.1:$PORT``)."""
+    overrides = overrides or {}
+    url = overrides.get("TOOLCALL_PUBLIC_URL") or os.environ.get("TOOLCALL_PUBLIC_URL", "").strip()
+    if not url:
+        url = f"http://127.0.0.1:{os.environ.get('PORT', '').strip() or 5000}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"TOOLCALL_PUBLIC_URL={url!r} is not the portal's root URL; set e.g. "
+            "TOOLCALL_PUBLIC_URL=https://portal.example.org"
+        )
+    return url.rstrip("/")
 
 
 def settings(instance_path: Path | str | None = None, overrides: Mapping | None = None) -> dict:
@@ -141,16 +145,20 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         # how many fetches one client may have owed at once (webapp/limits.py).
         "TOOLCALL_RATELIMIT_NEW_FETCHES": os.environ.get("TOOLCALL_RATELIMIT_NEW_FETCHES") or "300/minute",
         "TOOLCALL_MAX_OWED_FETCHES": whole_number("TOOLCALL_MAX_OWED_FETCHES", 10000, least=1),
-        # Where the web process listens (the Procfile binds ${HOST:-127.0.0.1}), and the root URL the
-        # portal gives out in absolute links (discovery's root-url).
+        # Where the web process listens (the Procfile binds ${HOST:-127.0.0.1}).
         "HOST": os.environ.get("HOST") or "127.0.0.1",
-        "TOOLCALL_PUBLIC_URL": _public_url(os.environ.get("TOOLCALL_PUBLIC_URL")),
         # How many reverse proxies in front of the portal set X-Forwarded-For and -Proto: their hops
         # are believed (Werkzeug's ProxyFix), no others -- a client cannot choose its address.
         "TOOLCALL_TRUSTED_PROXIES": whole_number("TOOLCALL_TRUSTED_PROXIES", 0),
         "MAX_CONTENT_LENGTH": whole_number("TOOLCALL_MAX_CONTENT_LENGTH", MAX_CONTENT_LENGTH, 1, "bytes"),
         "MAX_FORM_MEMORY_SIZE": MAX_FORM_MEMORY_SIZE,
         "MAX_FORM_PARTS": MAX_FORM_PARTS,
+        # The portal's public root URL (no trailing slash): discovery's root-url, the LTI issuer, and
+        # the base of every URL the portal gives a vendor or a tool (never one built from a request's
+        # Host header, which the client chooses).
+        "TOOLCALL_PUBLIC_URL": public_url(overrides),
+        # How long a rotated LTI signing key stays in the key set (tools cache key sets).
+        "TOOLCALL_LTI_KEY_OVERLAP_DAYS": number("TOOLCALL_LTI_KEY_OVERLAP_DAYS", 7, zero=True, unit="days"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,

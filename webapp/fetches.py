@@ -434,7 +434,7 @@ def _store(db: Connection, claimed: Claim, body: bytes, config: dict) -> Decisio
         )
     except Unattributable as e:
         return _fail(db, claimed, body, f"the result cannot be attributed: {e}")
-    late = _late(db, toolcall)
+    late = is_late(db, toolcall)
     # The ToolCall's transitions, made at the end as one change: none when it is finished-ok
     # already (a late result changes no state).
     steps: list[tuple[Status, str]] = []
@@ -476,7 +476,7 @@ def _store(db: Connection, claimed: Claim, body: bytes, config: dict) -> Decisio
     return Decision("stored", f"stored for toolcall {toolcall.id}" + (" (late)" if late else ""))
 
 
-def _late(db: Connection, toolcall: Attributed) -> bool:
+def is_late(db: Connection | Session, toolcall: Attributed) -> bool:
     """Whether a result for ``toolcall`` is late (spec §6): the attempt had ended before it came --
     finished-ok, or finished-err because it was superseded, its start token expired or it timed
     out. An attempt that ended only because its result was invalid (``result-received-err``) and

@@ -95,7 +95,8 @@ class User(UserMixin, Base):
 
 
 class Client(Base):
-    """A vendor: where start tokens are sent and result tokens are fetched from."""
+    """A vendor: where start tokens are sent and result tokens are fetched from; or an LTI 1.3 tool
+    (``lti`` set), which gets the start token as its ``lti_message_hint`` and reports scores."""
 
     __tablename__ = "toolcall_client"
 
@@ -106,6 +107,8 @@ class Client(Base):
     secret: Mapped[str | None] = mapped_column(String(255), default=None)
 
     tools: Mapped[list[Exam]] = relationship(back_populates="client")
+    #: Set when the client is an LTI 1.3 tool (``webapp.lti``): its exams launch through LTI.
+    lti: Mapped[LtiRegistration | None] = relationship(back_populates="client", uselist=False)
 
 
 class Exam(Base):
@@ -122,6 +125,10 @@ class Exam(Base):
     icon: Mapped[str] = mapped_column(String(200), default="")
     restartable: Mapped[bool] = mapped_column(Boolean, default=True)
     deadline_minutes: Mapped[int] = mapped_column(Integer, default=240)
+    # Exams of an LTI tool (``webapp.lti``): where the launch goes (None: the tool's launch URL) and
+    # the custom parameters sent with it (a JSON object of strings).
+    launch_url: Mapped[str | None] = mapped_column(String(500), default=None)
+    custom: Mapped[str] = mapped_column(Text, default="{}")
 
     client: Mapped[Client] = relationship(back_populates="tools")
 
@@ -208,3 +215,7 @@ class ResultFetch(Base):
 
     client: Mapped[Client] = relationship()
     toolcall: Mapped[ToolCall | None] = relationship()
+
+
+# The LTI platform's tables are part of the one schema (and its migrations); they live with it.
+from webapp.lti.models import LtiRegistration  # noqa: E402, F401

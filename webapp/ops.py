@@ -9,6 +9,7 @@ clients and tools they run on.
     /ops/clients/, /ops/tools/             list, add (``new/``) and edit (``<id>/``)
     /ops/toolbus/                          the ToolBus: tools.toml, the Celery workers online (their
                                            queues, pool, calls served, tool restarts), failed calls
+    /ops/lti-tools/...                     LTI tools (webapp/lti/admin.py)
 
 The navigation also links to Flower (``FLOWER_URL``), which asks its own login.
 
@@ -30,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 from wtforms import (
     BooleanField,
+    FloatField,
     Form,
     HiddenField,
     IntegerField,
@@ -47,6 +49,8 @@ from webapp.auth import login_manager, safe_next
 from webapp.cli import save_client, save_tool
 from webapp.db import get_session
 from webapp.lifecycle import Status
+from webapp.lti import grades, registrations
+from webapp.lti.models import LineItem, Score
 from webapp.models import Client, Exam, ResultFetch, ToolCall, utcnow
 
 log = logging.getLogger("webapp.ops")
@@ -163,7 +167,8 @@ def toolcall(toolcall_id: int):
     fetches = session.scalars(
         select(ResultFetch).where(ResultFetch.toolcall_id == found.id).order_by(ResultFetch.id)
     ).all()
-    return render_template("ops/toolcall.html", toolcall=found, fetches=fetches)
+    scores = session.scalars(select(Score).where(Score.toolcall_id == found.id).order_by(Score.id)).all()
+    return render_template("ops/toolcall.html", toolcall=found, fetches=fetches, scores=scores)
 
 
 # ---- result fetches ---------------------------------------------------------------------------------
@@ -297,6 +302,47 @@ class ToolForm(FlaskForm):
     deadline_minutes = IntegerField(
         "Deadline (minutes)", default=240, validators=[InputRequired(), NumberRange(min=1, max=525600)]
     )
+    # Exams of LTI tools only (webapp.lti).
+    launch_url = StringField(
+        "LTI launch URL (none: the tool's)",
+        filters=[_strip],
+        validators=[Optional(), Length(max=500), web_url],
+    )
+    custom = TextAreaField("LTI custom parameters (KEY=VALUE, one a line)", default="")
+    score_maximum = FloatField(
+        "LTI score maximum",
+        default=100,
+        validators=[Optional(), NumberRange(min=1e-9, message="must be greater than 0")],
+    )
+
+    def validate_custom(self, field) -> None:
+        try:
+            registrations.parse_custom([line for line in (field.data or "").splitlines() if line.strip()])
+        except registrations.RegistrationError as e:
+            raise ValidationError(str(e)) from None
+
+    def lti_problem(self, client: Client | None) -> bool:
+        """For a vendor's exam the LTI fields stay empty; says so on the form when they are not."""
+        if client is None or client.lti is not None:
+            return False
+        if self.launch_url.data or (self.custom.data or "").strip():
+            self.launch_url.errors.append(
+                f"{client.name} is a vendor: launch URL and custom parameters are for LTI tools"
+            )
+            return True
+        return False
+
+    def save_lti(self, tool: Exam) -> None:
+        """The LTI fields onto ``tool`` (an exam of an LTI tool); its line item too."""
+        if tool.client.lti is None:
+            return
+        tool.launch_url = self.launch_url.data or None
+        tool.custom = registrations.dump_custom(
+            registrations.parse_custom(
+                [line for line in (self.custom.data or "").splitlines() if line.strip()]
+            )
+        )
+        grades.set_default(get_session(), tool, score_maximum=self.score_maximum.data)
 
 
 def _taken(form_field, model, column, value, own_id: int | None) -> bool:
@@ -345,6 +391,8 @@ def client_new():
 @bp.route("/clients/<int:client_id>/", methods=["GET", "POST"])
 def client_edit(client_id: int):
     client = get_session().get(Client, client_id) or abort(404)
+    if client.lti is not None:  # an LTI tool has its own page
+        return redirect(url_for("lti_admin.show", name=client.name), code=303)
     form = ClientForm(
         data={
             "name": client.name,
@@ -384,9 +432,13 @@ def tools():
 @bp.route("/tools/new/", methods=["GET", "POST"])
 def tool_new():
     form = _tool_form()
-    if form.validate_on_submit() and not _taken(form.slug, Exam, Exam.slug, form.slug.data, None):
+    if (
+        form.validate_on_submit()
+        and not _taken(form.slug, Exam, Exam.slug, form.slug.data, None)
+        and not form.lti_problem(get_session().get(Client, form.client.data))
+    ):
         session = get_session()
-        save_tool(
+        tool = save_tool(
             session,
             form.slug.data,
             session.get(Client, form.client.data),
@@ -395,6 +447,7 @@ def tool_new():
             form.deadline_minutes.data,
             form.restartable.data,
         )
+        form.save_lti(tool)
         if _commit(form.slug, form.slug.data):
             flash(f"Tool {form.slug.data} added.")
             return redirect(url_for("ops.tools"), code=303)
@@ -413,20 +466,33 @@ def tool_edit(tool_id: int):
             "description": tool.description,
             "restartable": tool.restartable,
             "deadline_minutes": tool.deadline_minutes,
+            "launch_url": tool.launch_url or "",
+            "custom": "\n".join(f"{k}={v}" for k, v in registrations.custom_parameters(tool.custom).items()),
+            "score_maximum": _score_maximum(tool),
         }
     )
-    if form.validate_on_submit() and not _taken(form.slug, Exam, Exam.slug, form.slug.data, tool.id):
+    if (
+        form.validate_on_submit()
+        and not _taken(form.slug, Exam, Exam.slug, form.slug.data, tool.id)
+        and not form.lti_problem(session.get(Client, form.client.data))
+    ):
         tool.slug = form.slug.data
         tool.client = session.get(Client, form.client.data)
         tool.name = form.name.data
         tool.description = form.description.data or ""
         tool.restartable = form.restartable.data
         tool.deadline_minutes = form.deadline_minutes.data
+        form.save_lti(tool)
         if _commit(form.slug, form.slug.data):
             flash(f"Tool {form.slug.data} saved.")
             return redirect(url_for("ops.tools"), code=303)
         tool = session.get(Exam, tool_id)
     return _form_page("ops/tool_form.html", form, tool=tool)
+
+
+def _score_maximum(tool: Exam) -> float:
+    item = get_session().scalar(select(LineItem.score_maximum).where(LineItem.default_for == tool.id))
+    return item if item is not None else grades.DEFAULT_SCORE_MAXIMUM
 
 
 def _form_page(template: str, form: FlaskForm, **context):

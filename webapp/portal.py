@@ -1,7 +1,8 @@
 """The user's side: the tools, starting an attempt, the user's attempts.
 
 Starting is a POST (with a CSRF token) from a form that opens the vendor in a new window with no
-opener; a GET of the start URL shows the same form, for links and bookmarks.
+opener; a GET of the start URL shows the same form, for links and bookmarks. An exam of an LTI tool
+starts the same way; its start token goes to the tool's login URL (``webapp.lti.launch``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from webapp import lifecycle
 from webapp.db import get_session
 from webapp.lifecycle import OPEN, Status
+from webapp.lti import launch
 from webapp.models import Exam, ToolCall, User
 from webapp.vendor_client import add_query
 
@@ -90,11 +92,18 @@ def _start(session: Session, tool: Exam, user: User, form: StartForm):
         except lifecycle.ConcurrentTransition:
             pass  # it moved on meanwhile (e.g. its result arrived): leave it
     token = current_app.extensions["start_tokens"].issue(toolcall.id)
-    lifecycle.advance(
-        session, toolcall, (Status.START_TK_SENT, f"start token issued; user sent to {tool.client.name}")
-    )
+    registration = tool.client.lti
+    if registration is None:
+        target = add_query(tool.client.receive_start_token_url, access_token=token)
+        sent = f"start token issued; user sent to {tool.client.name}"
+    else:  # an LTI tool: the start token is the launch's lti_message_hint (webapp.lti.launch)
+        target = launch.login_initiation(
+            tool, registration, user, token, current_app.config["TOOLCALL_PUBLIC_URL"]
+        )
+        sent = f"start token issued; user sent to {tool.client.name}'s LTI login ({registration.login_url})"
+    lifecycle.advance(session, toolcall, (Status.START_TK_SENT, sent))
     session.commit()
-    return redirect(add_query(tool.client.receive_start_token_url, access_token=token), code=303)
+    return redirect(target, code=303)
 
 
 @bp.get("/tooluser/attempts/")
