@@ -85,7 +85,7 @@ def test_the_platforms_private_key_never_appears_on_a_page(ops):
      ({"jwks_url": ""}, "either a key set URL or a public key"),
      ({"name": "vendor"}, "taken by an API v2 client"),
      ({"login_url": "ftp://tool.example/"}, "http or https URL"),
-     ({"name": "quiz\x00zer"}, "NUL character")],
+     ({"name": "quiz\x00zer"}, "cannot be stored")],
     ids=["both-keys", "no-key", "vendor-name", "bad-url", "nul"],
 )  # fmt: skip
 def test_a_registration_that_cannot_be_saved_is_a_form_error(ops, change, error):

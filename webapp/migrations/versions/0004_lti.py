@@ -19,8 +19,8 @@ def upgrade() -> None:
     with op.batch_alter_table("toolcall_tool", schema=None) as batch_op:
         batch_op.add_column(sa.Column("launch_url", sa.String(length=500), nullable=True))
         batch_op.add_column(sa.Column("custom", sa.Text(), nullable=False, server_default="{}"))
-    with op.batch_alter_table("toolcall_tool", schema=None) as batch_op:
-        batch_op.alter_column("custom", server_default=None)
+    # The server default stays: dropping it would make SQLite rebuild the exams' table, which the
+    # attempts' foreign keys refuse once there are attempts.
 
     op.create_table(
         "toolcall_lti_key",
