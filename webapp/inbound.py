@@ -12,7 +12,8 @@
    Browsers get the site's page, vendors the API's envelope (``errors.content_too_large``).
 3. **Forms are posted as forms.** Flask-WTF would read a JSON body as form data: a body that is no
    object failed with a 500, and JSON is the one way a lone surrogate gets into a form. The site's
-   pages refuse JSON bodies (415); the vendor API takes no body at all.
+   pages refuse JSON bodies (415); the vendor API takes no body at all, and the LTI services take
+   JSON by design.
 4. **Text the database can store.** A NUL (PostgreSQL refuses it even as a query parameter) or a
    lone surrogate (no UTF-8 exists for it) in the path, the query or a form field of a page is a 400
    before any query runs. The vendor API answers such values by its own table instead (a NUL in a
@@ -34,6 +35,9 @@ __all__ = ["UNSTORABLE", "install"]
 #: Characters no column can hold: NUL, and the surrogates (UTF-8 has no encoding for them alone).
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The LTI platform's endpoints take JSON (AGS) and forms from tools, and answer bad values with
+#: the LTI and OAuth error formats themselves (``webapp.lti``): only the size check applies.
+LTI_PATHS = "/lti/1.3/"
 
 
 def install(app: Flask) -> None:
@@ -60,7 +64,7 @@ def check_request() -> Response | None:
         request.max_content_length = limit + 1
         if len(request.get_data(cache=True)) > limit:
             raise RequestEntityTooLarge()
-    if is_api_path(request.path):
+    if is_api_path(request.path) or request.path.startswith(LTI_PATHS):
         return None
     if request.method in STATE_CHANGING and request.is_json:
         return page(
