@@ -74,11 +74,12 @@ RETRY_CAP = 3600.0
 # ---- 1. owed ----------------------------------------------------------------------------------------
 
 
-def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool]:
+def owe(session: Session, client: Client, token: str, reopen_failed: bool = True) -> tuple[ResultFetch, bool]:
     """Record that a fetch of (client, token) is owed; True when it became owed now.
 
-    A repeat changes nothing, unless the fetch had failed for good: then the vendor is saying
-    "try again", and it is owed again."""
+    A repeat changes nothing, unless the fetch had failed for good and ``reopen_failed``: then the
+    vendor is saying "try again", and it is owed again. A candidate's browser showing the result
+    page passes False: reloading a page must not restart anything."""
     fetch = session.scalar(
         select(ResultFetch).where(ResultFetch.client_id == client.id, ResultFetch.token == token)
     )
@@ -95,7 +96,7 @@ def owe(session: Session, client: Client, token: str) -> tuple[ResultFetch, bool
             return fetch, False
         log.info("result fetch %s owed to client %s", fetch.id, client.name)
         return fetch, True
-    if fetch.state == "failed":
+    if fetch.state == "failed" and reopen_failed:
         fetch.state = "owed"
         fetch.reported_at = utcnow()
         fetch.next_attempt_at = utcnow()
