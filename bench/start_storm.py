@@ -132,7 +132,8 @@ class Portal:
         t.append(time.perf_counter())
         r = user.post(
             f"{base}/tooluser/tools/{SLUG}/",
-            data={"csrf_token": token},
+            # A user's earlier attempt may still be open: confirm ending it, as the page asks.
+            data={"csrf_token": token, "supersede": "yes"},
             allow_redirects=False,
             timeout=TIMEOUT,
         )

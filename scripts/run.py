@@ -216,7 +216,10 @@ def run(processes: list[str]) -> int:
 
         # Ctrl-C reaches honcho directly (same process group); a signal sent to this script alone
         # is passed on. Either way this script waits for honcho to stop its processes.
+        stopped = []
+
         def pass_on(signum, frame):
+            stopped.append(signum)
             if honcho.poll() is None:
                 honcho.send_signal(signum)
 
@@ -225,7 +228,10 @@ def run(processes: list[str]) -> int:
         threading.Thread(
             target=announce_when_up, args=(env, redis_server is not None, honcho), daemon=True
         ).start()
-        return honcho.wait()
+        code = honcho.wait()
+        # A stop asked for (Ctrl-C, SIGTERM) is a normal end: exit 0, so that make does not report
+        # "Error 130". A process that failed on its own still ends the run with honcho's code.
+        return 0 if stopped else code
     finally:
         if redis_server is not None:
             stop(redis_server)

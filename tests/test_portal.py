@@ -39,9 +39,12 @@ def portal_fixture(app, redis_db):
     return furnish(app)
 
 
-def start(client, slug="excel"):
+def start(client, slug="excel", supersede=None):
     page = client.get(f"/tooluser/tools/{slug}/")
-    return client.post(f"/tooluser/tools/{slug}/", data={"csrf_token": csrf(page.data)})
+    data = {"csrf_token": csrf(page.data)}
+    if supersede is not None:
+        data["supersede"] = supersede
+    return client.post(f"/tooluser/tools/{slug}/", data=data)
 
 
 def attempts(app) -> list[ToolCall]:
@@ -121,10 +124,12 @@ def test_starting_issues_a_token_and_sends_the_user_to_the_vendor(portal, redis_
     assert portal.extensions["start_tokens"].peek(query["access_token"][0]) == toolcall.id
 
 
-def test_a_new_attempt_supersedes_the_open_one(portal):
+def test_a_new_attempt_supersedes_the_open_one_once_confirmed(portal):
     client = logged_in(portal, "candidate", "secret")
     start(client)
-    start(client)
+    page = client.get("/tooluser/tools/excel/").data.decode()  # the confirmation
+    assert "Starting a new attempt ends that one" in page and 'name="supersede" value="yes"' in page
+    assert start(client, supersede="yes").status_code == 303
     first, second = attempts(portal)
     assert (first.status, second.status) == (Status.FINISHED_ERR, Status.START_TK_SENT)
     assert (first.attempt, second.attempt) == (1, 2)
@@ -202,11 +207,69 @@ def test_a_tool_that_is_not_restartable_cannot_be_started_after_a_finished_attem
     assert len(attempts(portal)) == 1
 
 
-def test_the_attempts_page_lists_the_users_attempts_with_their_status(portal):
+def test_a_start_that_would_end_a_running_attempt_asks_first_and_ends_nothing(portal):
     client = logged_in(portal, "candidate", "secret")
     start(client)
+    response = start(client)  # a second click, or a form from before the first start
+    assert response.status_code == 409 and b"You have an attempt running" in response.data
+    assert [a.status for a in attempts(portal)] == [Status.START_TK_SENT]
+
+
+def test_the_home_page_shows_the_running_attempt_with_a_way_back(portal):
+    client = logged_in(portal, "candidate", "secret")
+    html = client.get("/").data.decode()
+    assert "The exam opens in a new window." in html and "running-attempt" not in html
+    start(client)
+    [toolcall] = attempts(portal)
+    html = client.get("/").data.decode()
+    assert "Your attempt 1" in html and "starting — opening in another window" in html
+    assert f'href="/tooluser/attempts/{toolcall.id}/"' in html
+    assert 'href="/tooluser/tools/excel/">Start a new attempt' in html
+    assert 'action="/tooluser/tools/excel/"' not in html  # no one-click supersede from home
+
+
+def test_the_attempts_page_lists_the_users_attempts_in_plain_words(portal):
+    client = logged_in(portal, "candidate", "secret")
+    start(client)
+    start(client, supersede="yes")
     html = client.get("/tooluser/attempts/").data.decode()
-    assert "start-tk-sent" in html and "Excel" in html
+    assert "Excel" in html and "start-tk-sent" not in html and "finished-err" not in html
+    assert "starting — opening in another window" in html and "ended: you started a new attempt" in html
+    assert "Times are UTC." in html
+
+
+def test_a_finished_attempt_shows_the_outcome_and_score(portal):
+    from webapp.models import Exam, ToolCallResult, User
+
+    with portal.extensions["db"].session() as session:
+        toolcall = lifecycle.create(session, session.scalar(select(Exam)), session.scalar(select(User)))
+        for status in HAPPY_LOG[1:]:
+            lifecycle.advance(session, toolcall, (status, "test"))
+        session.add(
+            ToolCallResult(
+                toolcall_id=toolcall.id,
+                data="{}",
+                token="R",
+                persnr="N1",
+                exam="excel",
+                passed=False,
+                score=0,
+            )
+        )
+        session.commit()
+        toolcall_id = toolcall.id
+    client = logged_in(portal, "candidate", "secret")
+    assert "not passed — score 0" in client.get("/tooluser/attempts/").data.decode()
+    page = client.get(f"/tooluser/attempts/{toolcall_id}/").data.decode()
+    assert 'id="attempt-phrase" class="phrase not-passed">not passed — score 0<' in page
+
+
+def test_an_attempt_page_shows_only_ones_own_attempts(portal):
+    with portal.extensions["db"].session() as session:
+        add_user(session, "other", password="other")
+    start(logged_in(portal, "candidate", "secret"))
+    [toolcall] = attempts(portal)
+    assert logged_in(portal, "other", "other").get(f"/tooluser/attempts/{toolcall.id}/").status_code == 404
 
 
 def test_logout_needs_a_post_with_csrf(portal):

@@ -105,6 +105,7 @@ def test_run_brings_up_a_private_redis_and_ctrl_c_leaves_no_process(tmp_path):
         os.killpg(run.pid, signal.SIGINT)
         text = finish(run, output, STOP_TIMEOUT)
         assert "stopped the private Redis" in text
+        assert run.returncode == 0, f"a normal Ctrl-C stop exited {run.returncode} (make would say Error)"
         # Killed orphans may take a moment to be reaped; a process still running after that is a leak.
         wait_until(lambda: not still_running(started), timeout=10, what="every started process to end")
         assert not listening(redis_port)

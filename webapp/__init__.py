@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 import redis
-from flask import Flask
+from flask import Flask, send_from_directory
 from flask_wtf import CSRFProtect
+from werkzeug.exceptions import HTTPException
 
 from webapp.config import settings
 from webapp.db import Database, close_session
@@ -23,7 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
     # The views and commands are imported here, as the Flask tutorial does: importing a domain
     # module (a Celery worker does) never loads the web layer.
     from webapp import api, auth, cli, inbound, ops, portal
-    from webapp.errors import too_many_requests
+    from webapp.errors import http_error, too_many_requests
     from webapp.limits import limiter
     from webapp.lti import views as lti
 
@@ -52,6 +53,10 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)
     app.register_error_handler(429, too_many_requests)
+    # Every other HTTP error, and an unhandled exception (a 500), on every path: one styled page
+    # (the vendor API keeps its envelope: webapp.api's own handlers, and http_error on its paths).
+    app.register_error_handler(HTTPException, http_error)
+    app.add_url_rule("/favicon.ico", "favicon", favicon)
     auth.login_manager.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(portal.bp)
@@ -71,6 +76,17 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
 }
+
+
+#: Browsers ask for /favicon.ico whatever the pages link; it may be cached for a day.
+FAVICON_MAX_AGE = 86400
+
+
+def favicon():
+    """The site's icon at the address browsers ask for by default (pages link the SVG one)."""
+    return send_from_directory(
+        Path(__file__).resolve().parent / "static", "favicon.ico", max_age=FAVICON_MAX_AGE
+    )
 
 
 def security_headers(response):

@@ -19,16 +19,16 @@ import logging
 import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flask import Blueprint, current_app, g, jsonify, render_template, request, send_file, url_for
+from flask import Blueprint, current_app, g, jsonify, render_template, request, send_file
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from webapp import fetches, lifecycle
+from webapp import fetches, lifecycle, phrases
 from webapp.db import get_session
-from webapp.errors import api_error, is_api_path, wants_html
+from webapp.errors import api_error, error_page, is_api_path, wants_html
 from webapp.lifecycle import Status
 from webapp.limits import limiter, made_a_fetch_owed, max_owed_fetches, setting
 from webapp.models import Client, ToolCall
@@ -206,12 +206,14 @@ def result():
         return api_error("missing-token", "no result token given (query parameter access_token)")
     if not RESULT_TOKEN.fullmatch(token):
         return api_error("token-invalid", "a result token is 1-255 printable ASCII characters", token)
-    # The result page's own refresh (``watch=1``) only looks: a report re-opens a failed fetch, and
-    # a page refreshing every 3 s would re-open it for as long as the window stays open.
-    watching = request.args.get("watch") == "1"
+    # The same URL is the vendor's report and, after the vendor's redirect, the candidate's result
+    # page: told apart by the Accept header (``wants_html``). Both record a new report (a vendor may
+    # report through the redirect alone); only a vendor's re-report re-opens a failed fetch, so that
+    # reloading the page -- or its own refresh -- never restarts anything.
+    browser = wants_html()
     try:
         fetch, owed_now = fetches.owe(
-            session, client, token, max_owed=max_owed_fetches(), reopen_failed=not watching
+            session, client, token, max_owed=max_owed_fetches(), reopen_failed=not browser
         )
     except fetches.TooManyOwed as e:
         response = api_error("rate-limited", str(e), token)
@@ -220,16 +222,31 @@ def result():
     g.fetch_owed_now = owed_now
     if owed_now:
         fetches.trigger(current_app.extensions["celery"], fetch.id)
-    if wants_html():
-        # Built from the two parameters only: url_for reads _external, _scheme, _method and
-        # _anchor in its keyword arguments, so passing the whole query on would let a link change
-        # the page's URL, or fail to build it (a 500).
-        return render_template(
-            "result_status.html",
-            fetch=fetch,
-            refresh_url=url_for("api.result", access_token=token, client=name, watch="1"),
-        )
+    if browser:
+        return result_page(fetch)
     return jsonify({"type": "ok", "token": token, "data": {}})
+
+
+#: The result page reloads itself this often while the next try is near, and at most this seldom.
+RESULT_PAGE_REFRESH_SECS = (3, 60)
+
+
+def result_page(fetch) -> str:
+    """The candidate's page for a result fetch: the outcome in words when it is done, what happened
+    and what to do when it failed (both final: no refresh), else a page that reloads itself."""
+    toolcall = fetch.toolcall
+    refresh = None
+    if fetch.state == "owed":
+        wait = (fetch.next_attempt_at - datetime.now(UTC)).total_seconds()
+        refresh = int(min(max(wait, RESULT_PAGE_REFRESH_SECS[0]), RESULT_PAGE_REFRESH_SECS[1]))
+    give_up_at = fetch.reported_at + timedelta(seconds=current_app.config["TOOLCALL_FETCH_GIVE_UP_SECS"])
+    return render_template(
+        "result_status.html",
+        fetch=fetch,
+        phrase=phrases.of(toolcall) if toolcall is not None else None,
+        refresh=refresh,
+        give_up_at=give_up_at,
+    )
 
 
 @bp.get("/.api/toolcall/v2/openapi.json")
@@ -245,9 +262,9 @@ def openapi():
 def api_routing_error(error: HTTPException):
     """A wrong method on an endpoint of the API, or an unknown path under ``/.api/``: the
     envelope, not Werkzeug's page (routing errors happen before any blueprint is chosen, so this
-    is an app-wide handler that leaves every other path alone)."""
+    is an app-wide handler; every other path gets the styled page)."""
     if not is_api_path(request.path):
-        return error
+        return error_page(error)
     if error.code == 405:
         response = api_error("method-not-allowed", f"{request.method} is not allowed here; use GET")
         response.headers["Allow"] = ", ".join(sorted(getattr(error, "valid_methods", None) or ["GET"]))

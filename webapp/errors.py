@@ -1,11 +1,19 @@
-"""The one error envelope of the vendor API, answered as JSON to programs and as a page to browsers.
+"""Errors: the one envelope of the vendor API, and one styled page for every other error.
+
+The vendor API answers JSON to programs and a page to browsers:
 
 {"type": "error", "token": "<token or null>", "data": {"error": "<code>", "msg": "<human text>"}}
+
+Every other path answers an HTTP error (400 -- a missing or expired CSRF token too --, 403, 404,
+405, 413, 429, 500) with ``templates/error.html``: what happened in words, and a way back.
 """
 
 from __future__ import annotations
 
 from flask import Response, current_app, jsonify, render_template, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
 
 #: code -> HTTP status (spec §2).
 STATUS = {
@@ -89,7 +97,7 @@ def content_too_large(_error) -> Response:
     return page("content-too-large", f"The request is larger than the portal takes ({limits}).", 413)
 
 
-def too_many_requests(_error) -> Response:
+def too_many_requests(error: HTTPException) -> Response:
     """429 from the rate limiter: the envelope for the vendor API, a page for people."""
     if request.blueprint == "api":
         return api_error(
@@ -97,4 +105,70 @@ def too_many_requests(_error) -> Response:
             "too many requests; slow down and try again in a minute",
             request.args.get("access_token"),
         )
-    return page("rate-limited", "Too many attempts. Wait a minute and try again.", 429)
+    return error_page(error)
+
+
+#: status -> (title, what happened and what to do), for people.
+PAGES = {
+    400: ("Bad request", "The page could not understand what your browser sent. Go back and try again."),
+    403: ("Not allowed", "You may not open this page. If you think you should, ask an operator."),
+    404: (
+        "Page not found",
+        "There is no page at this address. Check the link, or start again from the home page.",
+    ),
+    405: ("Not allowed here", "This page cannot be used that way. Start again from the home page."),
+    413: ("Too much data", "What you sent is larger than this site accepts. Send less, or ask an operator."),
+    429: ("Too many attempts", "Too many attempts in a short time. Wait a minute and try again."),
+    500: (
+        "Something went wrong",
+        "The portal could not answer. Try again in a moment; if it keeps happening, tell an operator.",
+    ),
+}
+#: A form whose CSRF token is missing or expired (a page left open for hours, cookies cleared).
+CSRF_MESSAGE = (
+    "The form had expired or was sent without its security token. Go back, reload the page and send it again."
+)
+
+
+def error_page(error: HTTPException) -> Response:
+    """The styled page of an HTTP error, with a way back (home, or the login when logged out)."""
+    status = error.code or 500
+    title, msg = PAGES.get(status, (error.name, error.description or ""))
+    detail = None
+    if isinstance(error, CSRFError):
+        title, msg, detail = "The form expired", CSRF_MESSAGE, error.description  # which check failed
+    response = Response(
+        render_template(
+            "error.html", status=status, code=title, msg=msg, detail=detail, logged_in=_logged_in()
+        ),
+        status=status,
+        mimetype="text/html",
+    )
+    if status == 405 and getattr(error, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    if status == 429 and error.get_headers():
+        for name, value in error.get_headers():  # Retry-After and the limiter's headers
+            if name.lower() != "content-type":
+                response.headers.setdefault(name, value)
+    return response
+
+
+def _logged_in() -> bool:
+    try:
+        return bool(current_user.is_authenticated)
+    except Exception:  # the failure being reported may be the database that loads the user
+        return False
+
+
+def http_error(error: HTTPException):
+    """Every HTTP error no view or blueprint answered itself: a page for people, the envelope on
+    the vendor API's paths. Redirects and other non-errors pass through."""
+    if error.code is None or error.code < 400:
+        return error
+    if is_api_path(request.path):  # 404, 405 and 429 have handlers of their own
+        if error.code >= 500:
+            return api_error("server-error", "the portal could not answer; try again later")
+        if error.code == 400:
+            return api_error("bad-request", error.description or "the request could not be understood")
+        return error
+    return error_page(error)

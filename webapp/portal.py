@@ -3,20 +3,23 @@
 Starting is a POST (with a CSRF token) from a form that opens the vendor in a new window with no
 opener; a GET of the start URL shows the same form, for links and bookmarks. An exam of an LTI tool
 starts the same way; its start token goes to the tool's login URL (``webapp.lti.launch``).
+A start that would end
+a running attempt of the same exam (supersede it) asks first: the POST must say ``supersede=yes``,
+which only the confirmation form sends. Attempts are described in ``webapp.phrases``' words.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, abort, current_app, redirect, render_template
+from flask import Blueprint, abort, current_app, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from webapp import lifecycle
+from webapp import lifecycle, phrases
 from webapp.db import get_session
 from webapp.lifecycle import OPEN, Status
 from webapp.lti import launch
@@ -38,11 +41,24 @@ def _tool(slug: str) -> Exam:
     return tool
 
 
+def _running(tool_id: int | None = None) -> list[ToolCall]:
+    """The current user's attempts still open (of one exam, or of all), newest first."""
+    query = select(ToolCall).where(ToolCall.user_id == current_user.id, ToolCall.status.in_(OPEN))
+    if tool_id is not None:
+        query = query.where(ToolCall.tool_id == tool_id)
+    return get_session().scalars(query.order_by(ToolCall.id.desc())).all()
+
+
 @bp.get("/")
 @login_required
 def home():
     tools = get_session().scalars(select(Exam).order_by(Exam.name)).all()
-    return render_template("portal/home.html", tools=tools, form=StartForm())
+    running = {}
+    for toolcall in _running():
+        running.setdefault(toolcall.tool_id, toolcall)  # the newest per exam
+    return render_template(
+        "portal/home.html", tools=tools, form=StartForm(), running=running, phrase=phrases.of
+    )
 
 
 @bp.route("/tooluser/tools/<slug>/", methods=["GET", "POST"])
@@ -50,13 +66,18 @@ def home():
 def start(slug: str):
     tool = _tool(slug)
     form = StartForm()
+    running = _running(tool.id)
+    page = {"tool": tool, "form": form, "running": running[0] if running else None, "phrase": phrases.of}
     if not form.validate_on_submit():
-        return render_template("portal/start.html", tool=tool, form=form)
+        return render_template("portal/start.html", **page)
+    if running and request.form.get("supersede") != "yes":
+        # Not confirmed (a form from before the attempt started, a second click): ask, end nothing.
+        return render_template("portal/start.html", **page), 409
     session = get_session()
     user = current_user._get_current_object()
     for _ in range(START_TRIES):
         try:
-            return _start(session, tool, user, form)
+            return _start(session, tool, user, page)
         except IntegrityError:
             # Another start of this exam by this user (a double click opens two windows) took the
             # attempt number first (it is unique): start again, after that one, superseding it.
@@ -64,7 +85,7 @@ def start(slug: str):
     log.warning(
         "user %s: %d starts of %s in a row lost the race for an attempt number", user.id, START_TRIES, slug
     )
-    return render_template("portal/start.html", tool=tool, form=form, busy=True), 409
+    return render_template("portal/start.html", **{**page, "running": None}, busy=True), 409
 
 
 #: How often one request tries to start an attempt while other starts of the same exam by the same
@@ -72,7 +93,7 @@ def start(slug: str):
 START_TRIES = 3
 
 
-def _start(session: Session, tool: Exam, user: User, form: StartForm):
+def _start(session: Session, tool: Exam, user: User, page: dict):
     """Start an attempt (committed) and send the user to the vendor; raises IntegrityError when
     another start took the attempt number meanwhile (nothing of this one is kept)."""
     # Only the attempts this start needs, not the user's whole history with the tool: loading every
@@ -81,7 +102,8 @@ def _start(session: Session, tool: Exam, user: User, form: StartForm):
     if not tool.restartable and session.scalar(
         select(ToolCall.id).where(*mine, ToolCall.status == Status.FINISHED_OK).limit(1)
     ):
-        return render_template("portal/start.html", tool=tool, form=form, refused=True), 409
+        return render_template("portal/start.html", **{**page, "running": None}, refused=True), 409
+    # Read again on every try: a start that lost the race left an attempt that this one supersedes.
     still_open = session.scalars(select(ToolCall).where(*mine, ToolCall.status.in_(OPEN))).all()
     toolcall = lifecycle.create(session, tool, user, f"attempt started by {user.username}")
     for previous in still_open:
@@ -106,12 +128,36 @@ def _start(session: Session, tool: Exam, user: User, form: StartForm):
     return redirect(target, code=303)
 
 
+#: What the attempt pages read of each attempt for its phrase, in one query each rather than per row.
+_PHRASE_PARTS = (selectinload(ToolCall.log), selectinload(ToolCall.results), selectinload(ToolCall.tool))
+
+
 @bp.get("/tooluser/attempts/")
 @login_required
 def attempts():
     rows = (
         get_session()
-        .scalars(select(ToolCall).where(ToolCall.user_id == current_user.id).order_by(ToolCall.id.desc()))
+        .scalars(
+            select(ToolCall)
+            .where(ToolCall.user_id == current_user.id)
+            .options(*_PHRASE_PARTS)
+            .order_by(ToolCall.id.desc())
+        )
         .all()
     )
-    return render_template("portal/attempts.html", attempts=rows)
+    return render_template("portal/attempts.html", attempts=rows, phrase=phrases.of)
+
+
+@bp.get("/tooluser/attempts/<int:toolcall_id>/")
+@login_required
+def attempt(toolcall_id: int):
+    toolcall = get_session().scalar(
+        select(ToolCall)
+        .where(ToolCall.id == toolcall_id, ToolCall.user_id == current_user.id)  # only one's own
+        .options(*_PHRASE_PARTS)
+    )
+    if toolcall is None:
+        abort(404)
+    return render_template(
+        "portal/attempt.html", toolcall=toolcall, phrase=phrases.of(toolcall), form=StartForm()
+    )
