@@ -94,7 +94,7 @@ def content_too_large(_error) -> Response:
             f"the request is larger than the portal takes ({limits}); the vendor API takes no body",
             request.args.get("access_token"),
         )
-    return page("content-too-large", f"The request is larger than the portal takes ({limits}).", 413)
+    return page("Too much data", f"What you sent is larger than the portal takes ({limits}).", 413)
 
 
 def too_many_requests(error: HTTPException) -> Response:
