@@ -232,13 +232,10 @@ def retry_fetch(fetch_id: int):
 
 @bp.get("/toolbus/")
 def toolbus():
-    """Tools, workers and failed calls; takes ``TOOLCALL_INSPECT_TIMEOUT_SECS`` waiting for workers."""
+    """Tools, workers and failed calls, as the workers last wrote them (no broadcast per view)."""
     config = current_app.config
     found = toolbus_status.status(
-        current_app.extensions["celery"],
-        config["REDIS_URL"],
-        config["TOOLCALL_TOOLS"],
-        config["TOOLCALL_INSPECT_TIMEOUT_SECS"],
+        config["REDIS_URL"], config["TOOLCALL_TOOLS"], config["TOOLCALL_WORKER_STATE_SECS"]
     )
     return render_template("ops/toolbus.html", status=found)
 
