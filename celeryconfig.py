@@ -54,6 +54,20 @@ def seconds(name: str, default: float, kind: type = float, zero: bool = False) -
     return value
 
 
+def number(name: str, default: int) -> int:
+    """A whole number more than 0 from the environment (a batch size, a count)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number; set e.g. {name}={default}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name}={raw!r} must be 1 or more; set e.g. {name}={default}")
+    return value
+
+
 def redis_url() -> str:
     """``REDIS_URL``, or Redis on this machine."""
     return os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL

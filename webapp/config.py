@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from celeryconfig import ConfigurationError, broker_url, flag, redis_url, result_backend, seconds
+from celeryconfig import ConfigurationError, broker_url, flag, number, redis_url, result_backend, seconds
 from toolbus.descriptors import default_tools_path
 
 __all__ = ["ConfigurationError", "settings"]
@@ -96,6 +96,8 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         "TOOLCALL_FETCH_GIVE_UP_SECS": seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
         # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (spec §5: 5 s).
         "TOOLCALL_FETCH_BACKOFF_BASE_SECS": seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
+        # The most one sweep run queues, and ends of each kind of stale attempt.
+        "TOOLCALL_SWEEP_BATCH": number("TOOLCALL_SWEEP_BATCH", 2000),
         # How often each worker writes its state for the ops page (a worker silent for three times
         # this is shown as not heard from).
         "TOOLCALL_WORKER_STATE_SECS": seconds("TOOLCALL_WORKER_STATE_SECS", 10),
