@@ -11,6 +11,7 @@ stopped without saying so, or it is stuck). A Redis that is away fails quickly: 
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,21 @@ FAILURES_SHOWN = 30
 STALE_AFTER = 3
 #: Seconds to wait for Redis: a view must not hang on it.
 REDIS_TIMEOUT = 2.0
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def records_redis(url: str) -> redis.Redis:
+    """A client of the records' Redis at ``url``, kept for the process (its connections are pooled:
+    a new connection costs more than the reads) and quick to give up."""
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = _clients[url] = redis.Redis.from_url(
+                url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+            )
+        return client
 
 
 @dataclass
@@ -140,19 +156,14 @@ def status(redis_url: str, tools_path: str, interval: float, now: float | None =
     records_problem = None
     failures: list[CallFailure] = []
     states: list[WorkerState] = []
-    client = redis.Redis.from_url(
-        redis_url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
-    )
     try:
-        found = Records(client)
+        found = Records(records_redis(redis_url))
         states = found.workers(now)
         starts = found.tool_starts()
         failures = found.failures(FAILURES_SHOWN)
     except redis.RedisError as e:
         starts = []
         records_problem = f"The Redis at {maybe_sanitize_url(redis_url)} could not be read: {e}"
-    finally:
-        client.close()
     rows = _worker_rows(states, tools, now)
     workers = [w for w in rows if w.age <= STALE_AFTER * interval]
     silent = [w for w in rows if w.age > STALE_AFTER * interval]
