@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, abort, current_app, redirect, render_template
+from flask import Blueprint, abort, current_app, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
-from webapp import lifecycle
+from webapp import keyset, lifecycle
 from webapp.db import get_session
 from webapp.lifecycle import OPEN, Status
 from webapp.models import Exam, ToolCall
@@ -77,9 +78,16 @@ def start(slug: str):
 @bp.get("/tooluser/attempts/")
 @login_required
 def attempts():
-    rows = (
-        get_session()
-        .scalars(select(ToolCall).where(ToolCall.user_id == current_user.id).order_by(ToolCall.id.desc()))
-        .all()
-    )
-    return render_template("portal/attempts.html", attempts=rows)
+    """The user's attempts, newest first, a page at a time (``webapp.keyset``)."""
+    try:
+        page = keyset.paginate(
+            get_session(),
+            ToolCall,
+            (ToolCall.started, ToolCall.id),
+            [ToolCall.user_id == current_user.id],
+            request.args,
+            options=[joinedload(ToolCall.tool)],
+        )
+    except keyset.BadCursor as e:
+        return render_template("error.html", status=400, code="bad-request", msg=str(e)), 400
+    return render_template("portal/attempts.html", page=page)
