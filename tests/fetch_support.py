@@ -178,11 +178,11 @@ class Portal:
         return self.worker.celery.send_task("toolcall.fetch_result", args=[fetch_id], queue="callbacks")
 
     def sweep(self) -> dict:
-        """Run ``toolcall.sweep`` on the worker, as beat would have it; returns its counts."""
-        # The sweep keeps no result unless asked to: here the test waits for it.
-        return self.worker.celery.send_task("toolcall.sweep", queue="callbacks", ignore_result=False).get(
-            timeout=WAIT
-        )
+        """Run ``toolcall.sweep`` on the worker, as beat would have it; returns its counts.
+
+        The task keeps no result for beat's runs (``ignore_result``); this message asks for it."""
+        message = self.worker.celery.send_task("toolcall.sweep", queue="callbacks", ignore_result=False)
+        return message.get(timeout=WAIT)
 
 
 def result_body(attempt: Attempt, token: str, **data) -> dict:
@@ -216,10 +216,12 @@ def running_portal(
     stub: VendorStub,
     name: str,
     production: bool = False,
+    worker_settings: dict[str, str] | None = None,
 ) -> Iterator[Portal]:
     """A migrated database, a portal app and a callbacks worker on it; everything stopped after.
 
-    ``production`` sets ``TOOLCALL_PRODUCTION`` for both (https-only vendor URLs, address checks)."""
+    ``production`` sets ``TOOLCALL_PRODUCTION`` for both (https-only vendor URLs, address checks);
+    ``worker_settings`` are more of the worker's environment (they win over the defaults here)."""
     with empty_redis(redis_url) as broker:
         database = Database(database_url)
         database.upgrade()
@@ -248,6 +250,7 @@ def running_portal(
                 "TOOLCALL_INSTANCE": str(instance),
                 "TOOLCALL_FETCH_BACKOFF_BASE_SECS": str(BACKOFF_BASE_SECS),
                 "TOOLCALL_REQUEUE_GRACE_SECS": "0",
+                **(worker_settings or {}),
             },
         )
         worker.start()

@@ -13,10 +13,20 @@ from portal_support import (
     add_tool,
     add_user,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from webapp.lifecycle import ConcurrentTransition, IllegalTransition, Status, advance, check, create
-from webapp.models import ToolCall, ToolCallLog
+from webapp.lifecycle import (
+    ConcurrentTransition,
+    IllegalTransition,
+    Status,
+    advance,
+    advance_many,
+    check,
+    compact_counts,
+    counts,
+    create,
+)
+from webapp.models import StatusCount, ToolCall, ToolCallLog
 
 #: The statuses, with the original's names (spec §6).
 STATUSES = [
@@ -305,3 +315,133 @@ def test_of_two_threads_racing_to_move_the_same_toolcall_exactly_one_wins(databa
         Status.TOOL_TIMEOUT_ERR: ["tool-timeout-err", "finished-err"],
     }
     assert [status for status, _ in logged(database, toolcall_id)][3:] == expected[winner]
+
+
+# ---- many at once -----------------------------------------------------------------------------------
+
+
+def started(database, n: int, *statuses: str) -> list[int]:
+    """``n`` attempts of one user each, moved through ``statuses``; their ids."""
+    ids = [start(database, f"user-{i}", f"exam-{i}") for i in range(n)]
+    for toolcall_id in ids:
+        walk(database, toolcall_id, *statuses)
+    return ids
+
+
+def test_advance_many_moves_each_toolcall_and_logs_each_step_for_each(database):
+    ids = started(database, 3, "start-tk-sent")
+    with database.begin() as connection:
+        moved = advance_many(connection, ids, Status.START_TK_SENT, (Status.START_TK_ERR, "expired"))
+    assert moved == sorted(ids)
+    for toolcall_id in ids:
+        assert logged(database, toolcall_id)[-2:] == [
+            ("start-tk-err", "expired"),
+            ("finished-err", "expired"),
+        ]
+        assert read(database, toolcall_id).status == "finished-err"
+        assert read(database, toolcall_id).ended is not None
+
+
+def test_advance_many_leaves_a_toolcall_another_process_moved_and_says_which_it_moved(database):
+    ids = started(database, 3, "start-tk-sent")
+    walk(database, ids[1], "start-data-sent")  # the vendor fetched its start data meanwhile
+    with database.begin() as connection:
+        moved = advance_many(connection, ids, Status.START_TK_SENT, (Status.START_TK_ERR, "expired"))
+    assert moved == [ids[0], ids[2]]
+    assert read(database, ids[1]).status == "start-data-sent"
+    assert [status for status, _ in logged(database, ids[1])] == [
+        "initial",
+        "start-tk-sent",
+        "start-data-sent",
+    ]
+
+
+def test_advance_many_refuses_a_step_the_table_does_not_allow_and_changes_nothing(database):
+    ids = started(database, 2, "start-tk-sent")
+    with pytest.raises(IllegalTransition), database.begin() as connection:
+        advance_many(connection, ids, Status.START_TK_SENT, (Status.FINISHED_OK, "no"))
+    assert {read(database, i).status for i in ids} == {"start-tk-sent"}
+
+
+# ---- counts by status -------------------------------------------------------------------------------
+
+
+def grouped(database) -> dict[str, int]:
+    """The ToolCalls by status, counted the slow way."""
+    with database.session() as session:
+        return dict(session.execute(select(ToolCall.status, func.count()).group_by(ToolCall.status)).all())
+
+
+def counted(database) -> dict[str, int]:
+    with database.session() as session:
+        return counts(session)
+
+
+def test_the_counts_follow_every_kind_of_change(database):
+    ids = started(database, 4, "start-tk-sent")
+    walk(database, ids[0], "start-data-sent", "result-tk-received", "result-received-ok", "result-saved",
+         "finished-ok")  # fmt: skip
+    walk(database, ids[1], "start-tk-err")  # ends in finished-err at once
+    walk(database, ids[2], "finished-err", "result-tk-received")  # a late result
+    with database.begin() as connection:
+        advance_many(connection, [ids[3]], Status.START_TK_SENT, (Status.FINISHED_ERR, "superseded"))
+    assert (
+        counted(database)
+        == grouped(database)
+        == {"finished-ok": 1, "finished-err": 2, "result-tk-received": 1}
+    )
+
+
+def test_compacting_the_counts_keeps_them_and_leaves_one_row_per_status(database):
+    started(database, 5, "start-tk-sent", "start-data-sent")
+    before = counted(database)
+    with database.begin() as connection:
+        compact_counts(connection)
+    with database.session() as session:
+        rows = session.execute(
+            select(StatusCount.status, StatusCount.delta).order_by(StatusCount.status)
+        ).all()
+    assert counted(database) == before == grouped(database) == {"start-data-sent": 5}
+    assert [tuple(r) for r in rows] == [("start-data-sent", 5)]
+
+
+def test_a_rolled_back_change_is_not_counted(database):
+    toolcall_id = start(database)
+    with database.session() as session:
+        advance(session, session.get(ToolCall, toolcall_id), (Status.START_TK_SENT, "issued"))
+        session.rollback()
+    assert counted(database) == grouped(database) == {"initial": 1}
+
+
+def test_counts_stay_exact_under_concurrent_changes_and_compactions(database):
+    ids = started(database, 24, "start-tk-sent")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def move(mine: list[int]) -> None:
+        try:
+            for toolcall_id in mine:
+                walk(database, toolcall_id, "start-data-sent")
+                walk(database, toolcall_id, "tool-timeout-err")
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    def compact() -> None:
+        try:
+            while not stop.is_set():
+                with database.begin() as connection:
+                    compact_counts(connection)
+        except BaseException as e:
+            errors.append(e)
+
+    movers = [threading.Thread(target=move, args=(ids[k::3],)) for k in range(3)]
+    compactor = threading.Thread(target=compact)
+    compactor.start()
+    for thread in movers:
+        thread.start()
+    for thread in movers:
+        thread.join(timeout=120)
+    stop.set()
+    compactor.join(timeout=60)
+    assert errors == []
+    assert counted(database) == grouped(database) == {"finished-err": 24}

@@ -19,7 +19,7 @@ from portal_support import (
     csrf,
     logged_in,
 )
-from sqlalchemy import select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import joinedload
 
 from webapp import SECURITY_HEADERS, create_app, lifecycle
@@ -390,24 +390,296 @@ def test_an_unknown_status_filter_is_a_form_error(ops):
     assert response.status_code == 400 and b'class="error"' in response.data
 
 
+def many_toolcalls(app, n: int, started: datetime, step=timedelta(minutes=1), status="initial") -> list[int]:
+    """``n`` ToolCalls of the candidate at excel started ``step`` apart from ``started`` on, written
+    in one statement (a list's paging needs rows, not their lives); their ids, oldest first."""
+    with app.extensions["db"].session() as session:
+        tool_id = session.scalar(select(Exam.id).where(Exam.slug == "excel"))
+        user_id = session.scalar(select(User.id).where(User.username == "candidate"))
+        first = (session.scalar(select(func.max(ToolCall.id))) or 0) + 1
+        session.execute(
+            insert(ToolCall),
+            [
+                {"id": first + i, "tool_id": tool_id, "user_id": user_id, "started": started + step * i,
+                 "status": status, "attempt": first + i}
+                for i in range(n)
+            ],
+        )  # fmt: skip
+    return list(range(first, first + n))
+
+
+def next_link(html: str, rel: str) -> str | None:
+    found = re.search(rf'<a rel="{rel}" href="([^"]+)"', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+def walk(client, url: str, rel: str = "next") -> list[list[int]]:
+    """The ToolCalls of each page from ``url`` on, following the ``rel`` links to the end."""
+    pages = []
+    while url:
+        html = client.get(url).data.decode()
+        pages.append(listed_toolcalls(html))
+        url = next_link(html, rel)
+    return pages
+
+
 def test_the_toolcall_list_shows_the_newest_first_fifty_a_page(ops):
-    start = utcnow() - timedelta(days=1)
-    ids = [new_toolcall(ops, started=start + timedelta(minutes=i)) for i in range(51)]
+    ids = many_toolcalls(ops, 51, utcnow() - timedelta(days=1))
     client = logged_in(ops, *OPERATOR)
-    first = listed_toolcalls(client.get("/ops/toolcalls/").data.decode())
-    second = listed_toolcalls(client.get("/ops/toolcalls/?page=2").data.decode())
-    assert first == ids[::-1][:50] and second == [ids[0]]
+    first = client.get("/ops/toolcalls/").data.decode()
+    second = client.get(next_link(first, "next")).data.decode()
+    assert listed_toolcalls(first) == ids[::-1][:50] and listed_toolcalls(second) == [ids[0]]
+    assert next_link(first, "prev") is None and next_link(second, "next") is None
+    assert "51 in all" in first and "51 in all" in second
 
 
-def test_a_page_past_the_last_is_404(ops):
-    assert logged_in(ops, *OPERATOR).get("/ops/toolcalls/?page=2").status_code == 404
+def test_exactly_a_page_of_toolcalls_has_no_link_to_older_ones(ops):
+    many_toolcalls(ops, 50, utcnow() - timedelta(days=1))
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/").data.decode()
+    assert len(listed_toolcalls(html)) == 50 and next_link(html, "next") is None
+
+
+def test_an_empty_list_says_so_and_links_nowhere(ops):
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/").data.decode()
+    assert "No ToolCalls." in html and "0 in all" in html
+    assert next_link(html, "next") is None and next_link(html, "prev") is None
+
+
+def test_paging_to_the_end_and_back_shows_every_toolcall_once_in_order(ops):
+    ids = many_toolcalls(ops, 137, utcnow() - timedelta(days=3))
+    client = logged_in(ops, *OPERATOR)
+    down = walk(client, "/ops/toolcalls/", "next")
+    assert [len(p) for p in down] == [50, 50, 37]
+    assert [i for p in down for i in p] == ids[::-1]
+    last_url = "/ops/toolcalls/"
+    for _ in range(2):
+        last_url = next_link(client.get(last_url).data.decode(), "next")
+    up = walk(client, last_url, "prev")
+    assert up == down[::-1]
+
+
+def test_toolcalls_started_at_the_same_moment_are_paged_by_id_without_loss_or_repeat(ops):
+    moment = utcnow() - timedelta(hours=1)
+    ids = many_toolcalls(ops, 120, moment, step=timedelta(0))
+    pages = walk(logged_in(ops, *OPERATOR), "/ops/toolcalls/")
+    assert [i for p in pages for i in p] == ids[::-1] and [len(p) for p in pages] == [50, 50, 20]
+
+
+def test_a_toolcall_started_while_paging_shows_on_the_first_page_and_shifts_nothing(ops):
+    ids = many_toolcalls(ops, 100, utcnow() - timedelta(days=1))
+    client = logged_in(ops, *OPERATOR)
+    first = client.get("/ops/toolcalls/").data.decode()
+    newest = new_toolcall(ops)  # with OFFSET paging, this would push one row onto page 2 again
+    second = listed_toolcalls(client.get(next_link(first, "next")).data.decode())
+    assert second == ids[::-1][50:]
+    assert listed_toolcalls(client.get("/ops/toolcalls/").data.decode())[0] == newest
+
+
+def test_the_newer_link_of_a_short_second_page_leads_back_to_the_first(ops):
+    ids = many_toolcalls(ops, 60, utcnow() - timedelta(days=1))
+    client = logged_in(ops, *OPERATOR)
+    second = client.get(next_link(client.get("/ops/toolcalls/").data.decode(), "next")).data.decode()
+    back = client.get(next_link(second, "prev")).data.decode()
+    assert listed_toolcalls(back) == ids[::-1][:50] and next_link(back, "prev") is None
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage",
+        "",
+        "%%%",
+        "bm90IGEgY3Vyc29y",
+        "MjAyNS0wMS0wMVQwMDowMDowMHwx",
+        "MjAyNS0wMS0wMVQwMDowMDowMCswMDowMHx4",
+    ],
+)
+@pytest.mark.parametrize("direction", ["after", "before"])
+def test_a_broken_page_link_is_a_400_page_not_a_500(ops, cursor, direction):
+    many_toolcalls(ops, 3, utcnow() - timedelta(days=1))
+    response = logged_in(ops, *OPERATOR).get(f"/ops/toolcalls/?{direction}={cursor}")
+    if cursor == "":  # no cursor at all: the first page
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400 and b"link is broken" in response.data
+
+
+def test_a_list_of_more_than_ten_thousand_says_so_without_counting_them_all(ops):
+    many_toolcalls(ops, 10_001, utcnow() - timedelta(days=30), step=timedelta(seconds=10))
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/").data.decode()
+    assert "10,000+ in all" in html and len(listed_toolcalls(html)) == 50
 
 
 def test_the_pager_keeps_the_filter(ops):
-    for _ in range(51):
-        new_toolcall(ops)
+    many_toolcalls(ops, 51, utcnow() - timedelta(days=1))
     html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?tool=excel").data.decode()
     assert re.search(r'rel="next" href="/ops/toolcalls/\?[^"]*tool=excel', html)
+
+
+def test_a_filtered_list_pages_through_the_matching_toolcalls_only(ops):
+    start = utcnow() - timedelta(days=1)
+    finished = many_toolcalls(ops, 60, start, status="finished-ok")
+    many_toolcalls(ops, 60, start + timedelta(seconds=30), status="finished-err")
+    pages = walk(logged_in(ops, *OPERATOR), "/ops/toolcalls/?status=finished-ok")
+    assert [i for p in pages for i in p] == finished[::-1]
+
+
+def statements_of(app, client, url: str) -> int:
+    """How many SQL statements one GET of ``url`` runs."""
+    ran: list[str] = []
+
+    def count(conn, cursor, statement, *_) -> None:
+        ran.append(statement)
+
+    engine = app.extensions["db"].engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert client.get(url).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(ran)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/ops/",
+        "/ops/toolcalls/",
+        "/ops/fetches/?state=all",
+        "/ops/clients/",
+        "/ops/tools/",
+        "/tooluser/attempts/",
+    ],
+)
+def test_a_list_runs_as_many_statements_for_fifty_rows_as_for_three(ops, url):
+    """No row loads anything of its own (a client's tools, an attempt's tool...): no N+1."""
+    client = logged_in(ops, *OPERATOR)
+    if url.startswith("/tooluser/"):
+        client = logged_in(ops, "candidate", "secret")
+
+    def grow(n: int) -> None:
+        with ops.extensions["db"].session() as session:
+            for i in range(n):
+                other = add_client(session, f"vendor-{n}-{i}")
+                add_tool(session, other, f"tool-{n}-{i}")
+        for i in range(n):
+            new_fetch(ops, f"R-{n}-{i}", "done", new_toolcall(ops, slug=f"tool-{n}-{i}"))
+
+    grow(3)
+    few = statements_of(ops, client, url)
+    grow(47)
+    assert statements_of(ops, client, url) == few
+
+
+def test_one_toolcalls_page_runs_as_many_statements_for_many_fetches_as_for_one(ops):
+    toolcall_id = new_toolcall(ops)
+    new_fetch(ops, "R-first", "failed", toolcall_id)
+    client = logged_in(ops, *OPERATOR)
+    one = statements_of(ops, client, f"/ops/toolcalls/{toolcall_id}/")
+    with ops.extensions["db"].session() as session:
+        for i in range(5):
+            add_client(session, f"other-{i}")
+    for i, client_row in enumerate(clients(ops).values()):
+        with ops.extensions["db"].session() as session:
+            session.add(
+                ResultFetch(
+                    client_id=client_row.id, token=f"R-many-{i}", state="failed", toolcall_id=toolcall_id
+                )
+            )
+    assert statements_of(ops, client, f"/ops/toolcalls/{toolcall_id}/") == one
+
+
+# ---- finding a ToolCall ------------------------------------------------------------------------------
+
+
+def test_toolcalls_are_found_by_username(ops):
+    with ops.extensions["db"].session() as session:
+        add_user(session, "someone-else")
+    mine = new_toolcall(ops)
+    new_toolcall(ops, username="someone-else")
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?user=candidate").data.decode()
+    assert listed_toolcalls(html) == [mine]
+
+
+def test_toolcalls_are_found_by_persnr(ops):
+    with ops.extensions["db"].session() as session:
+        persnr = add_user(session, "someone-else").persnr
+    new_toolcall(ops)
+    theirs = new_toolcall(ops, username="someone-else")
+    html = logged_in(ops, *OPERATOR).get(f"/ops/toolcalls/?user=+{persnr}+").data.decode()
+    assert listed_toolcalls(html) == [theirs]
+
+
+def test_an_unknown_user_finds_nothing_and_says_so(ops):
+    new_toolcall(ops)
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?user=nobody").data.decode()
+    assert listed_toolcalls(html) == [] and "No user has the username or persnr &#39;nobody&#39;" in html
+
+
+def test_toolcalls_are_found_by_result_token_on_a_fetch_or_a_stored_result(ops):
+    fetched, stored, other = new_toolcall(ops), new_toolcall(ops), new_toolcall(ops)
+    new_fetch(ops, "R-shared", "done", fetched)
+    new_fetch(ops, "R-other", "done", other)
+    new_fetch(ops, "R-shared-but-unattributed", "failed")
+    with ops.extensions["db"].session() as session:
+        session.add(ToolCallResult(toolcall_id=stored, data="{}", token="R-shared", persnr="N1", exam="excel",
+                                   passed=True))  # fmt: skip
+    client = logged_in(ops, *OPERATOR)
+    html = client.get("/ops/toolcalls/?token=R-shared").data.decode()
+    assert sorted(listed_toolcalls(html)) == sorted([fetched, stored])
+    assert 'href="/ops/fetches/?state=all&amp;token=R-shared"' in html
+    assert listed_toolcalls(client.get("/ops/toolcalls/?token=R-none").data.decode()) == []
+
+
+def test_a_toolcall_id_leads_to_its_page(ops):
+    toolcall_id = new_toolcall(ops)
+    client = logged_in(ops, *OPERATOR)
+    response = client.get(f"/ops/toolcalls/?id={toolcall_id}")
+    assert (response.status_code, response.headers["Location"]) == (303, f"/ops/toolcalls/{toolcall_id}/")
+    missing = client.get("/ops/toolcalls/?id=99999")
+    assert missing.status_code == 404 and b"there is no ToolCall 99999" in missing.data
+
+
+def test_toolcalls_are_found_by_start_date_both_days_included(ops):
+    day = hour_of(utcnow()).replace(hour=0) - timedelta(days=10)
+    before = new_toolcall(ops, started=day - timedelta(seconds=1))
+    first = new_toolcall(ops, started=day)
+    last = new_toolcall(ops, started=day + timedelta(days=2, hours=23, minutes=59))
+    new_toolcall(ops, started=day + timedelta(days=3))
+    client = logged_in(ops, *OPERATOR)
+    since, until = f"{day:%Y-%m-%d}", f"{day + timedelta(days=2):%Y-%m-%d}"
+    assert listed_toolcalls(client.get(f"/ops/toolcalls/?since={since}&until={until}").data.decode()) == [
+        last,
+        first,
+    ]
+    assert before in listed_toolcalls(client.get(f"/ops/toolcalls/?until={since}").data.decode())
+
+
+def test_a_date_range_that_ends_before_it_starts_is_a_form_error(ops):
+    response = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?since=2025-03-02&until=2025-03-01")
+    assert response.status_code == 400 and b"must not be before the start date" in response.data
+
+
+def test_a_date_that_is_not_one_is_a_form_error(ops):
+    response = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?since=yesterday")
+    assert response.status_code == 400 and b'class="error"' in response.data
+
+
+def test_search_and_filters_combine(ops):
+    with ops.extensions["db"].session() as session:
+        add_user(session, "someone-else")
+    new_toolcall(ops, HAPPY_PATH)
+    wanted = new_toolcall(ops, [Status.START_TK_SENT])
+    new_toolcall(ops, [Status.START_TK_SENT], username="someone-else")
+    html = logged_in(ops, *OPERATOR).get("/ops/toolcalls/?user=candidate&status=start-tk-sent").data.decode()
+    assert listed_toolcalls(html) == [wanted]
+
+
+def test_the_fetch_list_finds_a_result_token_in_any_state(ops):
+    new_fetch(ops, "R1", "owed")
+    wanted = new_fetch(ops, "R2", "done")
+    html = logged_in(ops, *OPERATOR).get("/ops/fetches/?state=all&token=R2").data.decode()
+    assert re.findall(r'<tr class="fetch" id="fetch-(\d+)">', html) == [str(wanted)]
 
 
 def test_the_toolcall_page_shows_the_user_and_the_whole_log_in_order(ops):

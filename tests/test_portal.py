@@ -272,6 +272,35 @@ def test_an_attempt_page_shows_only_ones_own_attempts(portal):
     assert logged_in(portal, "other", "other").get(f"/tooluser/attempts/{toolcall.id}/").status_code == 404
 
 
+def test_the_attempts_page_shows_fifty_at_a_time_and_only_the_users_own(portal):
+    from datetime import timedelta
+
+    from webapp.models import Exam, User, utcnow
+
+    with portal.extensions["db"].session() as session:
+        other = add_user(session, "other")
+        tool = session.scalar(select(Exam))
+        me = session.scalar(select(User).where(User.username == "candidate"))
+        start_at = utcnow() - timedelta(days=2)
+        for i in range(55):
+            lifecycle.create(session, tool, me).started = start_at + timedelta(minutes=i)
+        lifecycle.create(session, tool, other)
+    client = logged_in(portal, "candidate", "secret")
+    first = client.get("/tooluser/attempts/").data.decode()
+    older = re.search(r'rel="next" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+    second = client.get(older).data.decode()
+    numbers = [
+        re.findall(r'<tr class="attempt"><td>Excel</td><td>(\d+)</td>', page) for page in (first, second)
+    ]
+    assert numbers == [[str(n) for n in range(55, 5, -1)], ["5", "4", "3", "2", "1"]]
+    assert "55 in all" in first and 'rel="next"' not in second
+
+
+def test_a_broken_link_to_an_attempts_page_is_a_400_page(portal):
+    response = logged_in(portal, "candidate", "secret").get("/tooluser/attempts/?after=bogus")
+    assert response.status_code == 400 and b"link is broken" in response.data
+
+
 def test_logout_needs_a_post_with_csrf(portal):
     client = logged_in(portal, "candidate", "secret")
     page = client.get("/accounts/logout/")

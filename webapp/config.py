@@ -132,10 +132,14 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         "TOOLCALL_FETCH_GIVE_UP_SECS": seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
         # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (spec §5: 5 s).
         "TOOLCALL_FETCH_BACKOFF_BASE_SECS": seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
-        # The ops pages: the tools file (as the workers read it), how long the ToolBus page waits for
-        # workers to answer, and where Flower is (it asks its own login).
+        # The most one sweep run queues, and ends of each kind of stale attempt.
+        "TOOLCALL_SWEEP_BATCH": whole_number("TOOLCALL_SWEEP_BATCH", 2000, least=1),
+        # How often each worker writes its state for the ops page (a worker silent for three times
+        # this is shown as not heard from).
+        "TOOLCALL_WORKER_STATE_SECS": seconds("TOOLCALL_WORKER_STATE_SECS", 10),
+        # The ops pages: the tools file (as the workers read it), and where Flower is (it asks its
+        # own login).
         "TOOLCALL_TOOLS": str(default_tools_path()),
-        "TOOLCALL_INSPECT_TIMEOUT_SECS": seconds("TOOLCALL_INSPECT_TIMEOUT_SECS", 1.0),
         "FLOWER_URL": os.environ.get("FLOWER_URL") or "http://127.0.0.1:5555/",
         "TOOLCALL_RATELIMIT": os.environ.get("TOOLCALL_RATELIMIT", "on").strip().lower() != "off",
         "TOOLCALL_RATELIMIT_LOGIN": os.environ.get("TOOLCALL_RATELIMIT_LOGIN") or "10/minute",

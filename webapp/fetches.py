@@ -23,9 +23,10 @@
    ``NEAR_RETRY_SECS`` back to the broker (Celery's own retry), the sweep queues later ones. Every
    attempt is recorded on the row, also one whose fetch or decision raised (as a retry, so that
    the give-up time applies). The outcome is a ``Decision``.
-5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep queues owed fetches whose next attempt is
-   overdue (their message was lost) or due after a far retry (``due``), and expires unused start
-   tokens and attempts past their deadline (``expire``).
+5. **Swept.** Every ``TOOLCALL_SWEEP_SECS`` the sweep takes a bounded batch of owed fetches whose
+   next attempt is overdue (their message was lost, or a far retry has come due), oldest first,
+   recording that it queued them so that the next run leaves them alone (``take_due``), and ends
+   unused start tokens and attempts past their deadline in set-based batches (``expire``).
 
 No Celery here: ``worker.fetch_tasks`` runs ``attempt`` and the sweep as tasks, the web layer owes,
 re-opens and queues. A fetch reads and writes with Core statements, in two transactions (claim,
@@ -52,7 +53,7 @@ import celeryconfig
 from webapp import lifecycle, vendor_client
 from webapp.db import Database
 from webapp.lifecycle import Status
-from webapp.models import Client, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, utcnow
 from webapp.results import Attributed, InvalidResult, Unattributable, attribute, validate
 from webapp.vendor_client import FetchOutcome
 
@@ -495,58 +496,86 @@ def is_late(db: Connection | Session, toolcall: Attributed) -> bool:
 
 # ---- 5. swept ---------------------------------------------------------------------------------------
 
+_TOOLCALL = ToolCall.__table__
+_EXAM = Exam.__table__
 
-def due(db: Database, config: dict) -> list[int]:
-    """The owed fetches to queue now: those whose message was lost (overdue by more than
-    ``TOOLCALL_REQUEUE_GRACE_SECS``) and far retries that have come due; none a live attempt holds."""
+
+def take_due(db: Database, config: dict, limit: int) -> list[int]:
+    """Take up to ``limit`` owed fetches for the sweep to queue, oldest due first, recording on
+    each that it is queued now (``queued_at``); their ids.
+
+    A fetch is taken when it has been due for longer than ``TOOLCALL_REQUEUE_GRACE_SECS`` -- its
+    message was lost (broker wiped, worker killed before acknowledging), or it is a far retry,
+    which waits in the database rather than in the broker -- unless a live attempt holds it or the
+    sweep queued it within the grace already (its message may still be on its way). Taking is one
+    UPDATE of the rows a subquery picks, so two runs never take the same fetch (on PostgreSQL rows
+    another transaction has locked are skipped, not waited for); the walk is the partial index of
+    owed fetches by due time, so done and failed fetches cost nothing."""
+    if limit <= 0:
+        return []
     now = utcnow()
-    grace = timedelta(seconds=config["TOOLCALL_REQUEUE_GRACE_SECS"])
-    free = or_(ResultFetch.claimed_until.is_(None), ResultFetch.claimed_until < now)
-    with db.session() as session:
-        overdue = session.scalars(
-            select(ResultFetch.id).where(
-                ResultFetch.state == "owed", ResultFetch.next_attempt_at < now - grace, free
-            )
-        ).all()
-        # Far retries are not parked in the broker: they are queued here once they are due.
-        due_far = session.scalars(
-            select(ResultFetch.id).where(
-                ResultFetch.state == "owed",
-                ResultFetch.next_attempt_at <= now,
-                ResultFetch.attempts > 0,
-                free,
-            )
-        ).all()
-    return sorted(set(overdue) | set(due_far))
+    overdue = now - timedelta(seconds=config["TOOLCALL_REQUEUE_GRACE_SECS"])
+    picked = (
+        select(_FETCH.c.id)
+        .where(
+            _FETCH.c.state == "owed",
+            _FETCH.c.next_attempt_at < overdue,
+            or_(_FETCH.c.claimed_until.is_(None), _FETCH.c.claimed_until < now),
+            or_(_FETCH.c.queued_at.is_(None), _FETCH.c.queued_at < overdue),
+        )
+        .order_by(_FETCH.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    taken = update(_FETCH).where(_FETCH.c.id.in_(picked)).values(queued_at=now).returning(_FETCH.c.id)
+    with db.begin() as connection:
+        return sorted(connection.scalars(taken).all())
 
 
-def expire(db: Database, config: dict) -> dict[str, int]:
-    """End the attempts whose start token expired unused and those past their deadline."""
+def expire(db: Database, config: dict, limit: int | None = None) -> dict[str, int]:
+    """End, oldest first and at most ``limit`` of each kind (``TOOLCALL_SWEEP_BATCH``), the attempts
+    whose start token expired unused and those past their tool's deadline; how many of each.
+
+    Set-based: the ids come from the index of ToolCalls by status and start, and each kind is one
+    change of them all (``lifecycle.advance_many``: a log row per step for each, as ever)."""
     now = utcnow()
+    limit = limit or config["TOOLCALL_SWEEP_BATCH"]
     token_ttl = timedelta(seconds=config["TOOLCALL_TOKEN_TIMEOUT_SECS"])
-    counts = {"tokens_expired": 0, "timed_out": 0}
-    with db.session() as session:
-        # Read whole before changing any: advancing writes to the table a pending cursor would read.
-        waiting = session.scalars(select(ToolCall).where(ToolCall.status == Status.START_TK_SENT)).all()
-        for toolcall in waiting:
-            if toolcall.started + token_ttl < now:
-                _expire(session, toolcall, Status.START_TK_ERR, "the start token expired unused")
-                counts["tokens_expired"] += 1
-        running = session.scalars(select(ToolCall).where(ToolCall.status == Status.START_DATA_SENT)).all()
-        for toolcall in running:
-            if toolcall.started + timedelta(minutes=toolcall.tool.deadline_minutes) < now:
-                _expire(
-                    session,
-                    toolcall,
-                    Status.TOOL_TIMEOUT_ERR,
-                    f"no result within {toolcall.tool.deadline_minutes} minutes",
+    oldest_first = (_TOOLCALL.c.started, _TOOLCALL.c.id)
+    with db.begin() as connection:
+        unused = connection.scalars(
+            select(_TOOLCALL.c.id)
+            .where(_TOOLCALL.c.status == Status.START_TK_SENT, _TOOLCALL.c.started < now - token_ttl)
+            .order_by(*oldest_first)
+            .limit(limit)
+        ).all()
+        expired = lifecycle.advance_many(
+            connection, unused, Status.START_TK_SENT, (Status.START_TK_ERR, "the start token expired unused")
+        )
+    timed_out: list[int] = []
+    with db.begin() as connection:
+        # Tools grouped by deadline: one query per distinct deadline, not per tool or per attempt.
+        by_deadline: dict[int, list[int]] = {}
+        for tool_id, minutes in connection.execute(select(_EXAM.c.id, _EXAM.c.deadline_minutes)):
+            by_deadline.setdefault(minutes, []).append(tool_id)
+        for minutes, tools in sorted(by_deadline.items()):
+            left = limit - len(timed_out)
+            if left <= 0:
+                break
+            late = connection.scalars(
+                select(_TOOLCALL.c.id)
+                .where(
+                    _TOOLCALL.c.status == Status.START_DATA_SENT,
+                    _TOOLCALL.c.started < now - timedelta(minutes=minutes),
+                    _TOOLCALL.c.tool_id.in_(tools),
                 )
-                counts["timed_out"] += 1
-    return counts
-
-
-def _expire(session: Session, toolcall: ToolCall, status: Status, details: str) -> None:
-    try:
-        lifecycle.advance(session, toolcall, (status, details))
-    except lifecycle.ConcurrentTransition:
-        pass  # it moved on meanwhile: nothing to expire
+                .order_by(*oldest_first)
+                .limit(left)
+            ).all()
+            timed_out += lifecycle.advance_many(
+                connection,
+                late,
+                Status.START_DATA_SENT,
+                (Status.TOOL_TIMEOUT_ERR, f"no result within {minutes} minutes"),
+            )
+    return {"tokens_expired": len(expired), "timed_out": len(timed_out)}

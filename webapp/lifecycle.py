@@ -18,22 +18,29 @@ Rules (spec §6):
   way, so this is the same as advancing step by step inside one transaction, at a quarter of the
   statements. It takes an ORM ``ToolCall`` in a session, or the id and status a caller read on a
   Core connection (a result fetch reads only the columns it needs).
+- ``advance_many`` is the same change for many ToolCalls in the same status at once (the sweep's
+  expiries): one UPDATE of those still in that status, and one log row per step for each of them.
+- The ToolCalls in each status are counted as they change (``toolcall_statuscount``): every change
+  adds a row per status it leaves (-n) and takes (+n), in the same transaction, so the counts are
+  exact whatever the table's size, and reading them (``counts``) is cheap. Rows are only added --
+  no counter row is updated, so concurrent changes never wait on each other -- and the sweep sums
+  them into one row per status (``compact_counts``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from webapp.models import Exam, ToolCall, ToolCallLog, User, utcnow
+from webapp.models import Exam, StatusCount, ToolCall, ToolCallLog, User, utcnow
 
 log = logging.getLogger("webapp.lifecycle")
 
@@ -117,6 +124,7 @@ def create(session: Session, tool: Exam, user: User, details: str = "") -> ToolC
         ToolCallLog(toolcall_id=toolcall.id, status=Status.INITIAL, details=details or "attempt started")
     )
     session.flush()
+    session.execute(_ADD_COUNTS, [{"status": str(Status.INITIAL), "delta": 1}])
     session.expire(toolcall, ["log"])
     log.info("toolcall %s: created (tool %s, user %s)", toolcall.id, tool.slug, user.id)
     return toolcall
@@ -134,6 +142,14 @@ _SET_STATUS = update(_TOOLCALL).where(
 #: Executed with one parameter set per row (a cached statement; a multi-VALUES one is compiled anew
 #: on every call).
 _ADD_LOG = insert(_LOG)
+_COUNTS = StatusCount.__table__
+_ADD_COUNTS = insert(_COUNTS)
+#: ``advance_many``'s compare and set: those of the ids still in the status read.
+_SET_STATUSES = (
+    update(_TOOLCALL)
+    .where(_TOOLCALL.c.id.in_(bindparam("ids", expanding=True)), _TOOLCALL.c.status == bindparam("current"))
+    .returning(_TOOLCALL.c.id)
+)
 
 
 class Attempt(Protocol):
@@ -208,7 +224,77 @@ def _write(
             for status, details in path
         ],
     )
+    _count(db, current, final, 1)
     for status, details in path:
         log.info("toolcall %s: %s -> %s (%s)", toolcall_id, current, status, details)
         current = status
     return final, values.get("ended")
+
+
+def _count(db: Session | Connection, left: str, taken: str, n: int) -> None:
+    """``n`` ToolCalls moved from ``left`` to ``taken``: the counts' rows."""
+    if left != taken and n:
+        db.execute(_ADD_COUNTS, [{"status": left, "delta": -n}, {"status": taken, "delta": n}])
+
+
+def advance_many(
+    db: Session | Connection, ids: Iterable[int], current: Status | str, *steps: tuple[Status | str, str]
+) -> list[int]:
+    """Move the ToolCalls ``ids``, all read in status ``current``, through ``steps`` as one change
+    each (not committed); returns the ids moved.
+
+    The same as ``advance`` for each, in two statements and a log insert whatever their number:
+    the steps are checked against the table once (``IllegalTransition``, nothing changed); a
+    ToolCall that another process moved meanwhile is left as it is and not returned (no
+    ``ConcurrentTransition``); each one moved gets a log row per step."""
+    ids = list(ids)
+    path = _path(str(current), steps)
+    if not ids or not path:
+        return []
+    if isinstance(db, Session):
+        db.flush()
+    final = str(path[-1][0])
+    now = utcnow()
+    values: dict = {"ids": ids, "current": str(current), "status": final}
+    if any(status in ENDING for status, _ in path):
+        values["ended"] = now
+    moved = sorted(db.scalars(_SET_STATUSES, values).all())
+    if not moved:
+        return []
+    db.execute(
+        _ADD_LOG,
+        [
+            {"toolcall_id": toolcall_id, "timestamp": now, "status": str(status), "details": details}
+            for toolcall_id in moved
+            for status, details in path
+        ],
+    )
+    _count(db, str(current), final, len(moved))
+    log.info("%d toolcalls: %s -> %s (%s)", len(moved), current, final, path[-1][1])
+    return moved
+
+
+# ---- counts by status -------------------------------------------------------------------------------
+
+_COUNTED = select(_COUNTS.c.status, func.sum(_COUNTS.c.delta)).group_by(_COUNTS.c.status)
+
+
+def counts(db: Session | Connection) -> dict[str, int]:
+    """The ToolCalls in each status (statuses with none left out): one small read, as exact as
+    the last committed change."""
+    return {status: int(n) for status, n in db.execute(_COUNTED) if n}
+
+
+def compact_counts(db: Connection) -> int:
+    """Sum the counts' rows into one per status (not committed); returns the rows there were.
+
+    Rows added meanwhile by other transactions are neither seen nor removed: they stay for the next
+    time. Readers see the old rows or the new ones, never both (one transaction)."""
+    rows = db.execute(delete(_COUNTS).returning(_COUNTS.c.status, _COUNTS.c.delta)).all()
+    totals: dict[str, int] = {}
+    for status, delta in rows:
+        totals[status] = totals.get(status, 0) + delta
+    kept = [{"status": status, "delta": n} for status, n in sorted(totals.items()) if n]
+    if kept:
+        db.execute(_ADD_COUNTS, kept)
+    return len(rows)

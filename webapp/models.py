@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -141,14 +142,22 @@ class ToolCall(Base):
     fails, and the start is made again, after the first."""
 
     __tablename__ = "toolcall_toolcall"
-    __table_args__ = (Index("uq_toolcall_attempt", "tool_id", "user_id", "attempt", unique=True),)
+    # One index per list, each ending in the list's order (started, id), so that a page is a short
+    # walk along an index whatever the table's size (keyset pagination, webapp/keyset.py).
+    __table_args__ = (
+        Index("uq_toolcall_attempt", "tool_id", "user_id", "attempt", unique=True),
+        Index("ix_toolcall_started_id", "started", "id"),
+        Index("ix_toolcall_status_started_id", "status", "started", "id"),
+        Index("ix_toolcall_tool_started_id", "tool_id", "started", "id"),
+        Index("ix_toolcall_user_started_id", "user_id", "started", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    tool_id: Mapped[int] = mapped_column(ForeignKey("toolcall_tool.id"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("toolcall_user.id"), index=True)
+    tool_id: Mapped[int] = mapped_column(ForeignKey("toolcall_tool.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("toolcall_user.id"))
     started: Mapped[datetime] = mapped_column(default=utcnow)
     ended: Mapped[datetime | None] = mapped_column(default=None)
-    status: Mapped[str] = mapped_column(String(30), index=True)
+    status: Mapped[str] = mapped_column(String(30))
     attempt: Mapped[int] = mapped_column(Integer, default=1)
 
     tool: Mapped[Exam] = relationship()
@@ -173,10 +182,24 @@ class ToolCallLog(Base):
     toolcall: Mapped[ToolCall] = relationship(back_populates="log")
 
 
+class StatusCount(Base):
+    """The ToolCalls in each status, kept with the lifecycle: every change adds a row (-n for the
+    status left, +n for the one taken), the sweep sums the rows into one per status
+    (``webapp.lifecycle.counts``, ``compact_counts``). Rows are only ever added, so concurrent
+    changes never wait on each other for a counter."""
+
+    __tablename__ = "toolcall_statuscount"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(30))
+    delta: Mapped[int] = mapped_column(Integer)
+
+
 class ToolCallResult(Base):
     """A vendor's result: the body verbatim, and the fields taken from it."""
 
     __tablename__ = "toolcall_toolcallresult"
+    __table_args__ = (Index("ix_toolcallresult_token", "token"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     toolcall_id: Mapped[int] = mapped_column(ForeignKey("toolcall_toolcall.id"), index=True)
@@ -199,19 +222,36 @@ class ResultFetch(Base):
     """A result fetch the portal owes a client: the source of truth; a Celery message is a trigger."""
 
     __tablename__ = "toolcall_resultfetch"
-    __table_args__ = (UniqueConstraint("client_id", "token", name="uq_resultfetch_client_token"),)
+    __table_args__ = (
+        UniqueConstraint("client_id", "token", name="uq_resultfetch_client_token"),
+        Index("ix_resultfetch_toolcall_id", "toolcall_id"),
+        Index("ix_resultfetch_token", "token"),
+        # The lists, newest reported first (all, and by state), as for ToolCalls.
+        Index("ix_resultfetch_reported_id", "reported_at", "id"),
+        Index("ix_resultfetch_state_reported_id", "state", "reported_at", "id"),
+        # The sweep's walk: owed fetches, oldest due first; done and failed ones are not in it.
+        Index(
+            "ix_resultfetch_owed_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'owed'"),
+            sqlite_where=text("state = 'owed'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("toolcall_client.id"))
     token: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(10), default="owed", index=True)  # owed, done, failed
+    state: Mapped[str] = mapped_column(String(10), default="owed")  # owed, done, failed
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_until: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
     body: Mapped[str] = mapped_column(Text, default="")
     toolcall_id: Mapped[int | None] = mapped_column(ForeignKey("toolcall_toolcall.id"), default=None)
+    #: When the sweep last queued it: the next run leaves it alone while its message may still be
+    #: waiting in the broker.
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
 
     client: Mapped[Client] = relationship()
     toolcall: Mapped[ToolCall | None] = relationship()

@@ -3,13 +3,19 @@ clients and tools they run on.
 
     /ops/?chart=24h|14d                    dashboard: ToolCalls by status, a chart of the attempts
                                            started per hour (day), owed fetches, failed ones to retry
-    /ops/toolcalls/?status=S&tool=SLUG     ToolCalls, newest first, 50 a page
+    /ops/toolcalls/?status=S&tool=SLUG&user=U&token=T&since=D&until=D&id=N
+                                           ToolCalls, newest first, 50 a page; found by user
+                                           (username or persnr), result token, start date, or id
     /ops/toolcalls/<id>/                   one ToolCall: its log, stored results and result fetches
-    /ops/fetches/?state=failed             result fetches; a failed one can be retried (POST)
+    /ops/fetches/?state=failed&token=T     result fetches; a failed one can be retried (POST)
     /ops/clients/, /ops/tools/             list, add (``new/``) and edit (``<id>/``)
     /ops/toolbus/                          the ToolBus: tools.toml, the Celery workers online (their
                                            queues, pool, calls served, tool restarts), failed calls
     /ops/lti-tools/...                     LTI tools (webapp/lti/admin.py)
+
+Every list is paginated by keyset (``webapp.keyset``: ``?after=``/``?before=`` cursors, counts capped
+at 10,000) along an index of its own, and every count is cheap (the ToolCalls by status are kept
+with the lifecycle), so no page costs more with a million ToolCalls than with ten thousand.
 
 The navigation also links to Flower (``FLOWER_URL``), which asks its own login.
 
@@ -20,17 +26,17 @@ secret is never shown, only whether one is set.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from math import ceil
+from datetime import UTC, datetime, time, timedelta
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select, union
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 from wtforms import (
     BooleanField,
+    DateField,
     FloatField,
     Form,
     HiddenField,
@@ -44,19 +50,18 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, Regexp
 
-from webapp import attempt_chart, fetches, outbound, toolbus_status
+from webapp import attempt_chart, fetches, keyset, lifecycle, outbound, toolbus_status
 from webapp.auth import login_manager, safe_next
 from webapp.cli import save_client, save_tool
 from webapp.db import get_session
 from webapp.lifecycle import Status
 from webapp.lti import grades, registrations
 from webapp.lti.models import LineItem, Score
-from webapp.models import Client, Exam, ResultFetch, ToolCall, utcnow
+from webapp.models import Client, Exam, ResultFetch, ToolCall, ToolCallResult, User, utcnow
 
 log = logging.getLogger("webapp.ops")
 bp = Blueprint("ops", __name__, url_prefix="/ops")
 
-PER_PAGE = 50
 #: Failed result fetches listed on the dashboard; the fetch list has them all.
 DASHBOARD_FAILED = 10
 
@@ -71,29 +76,22 @@ def admins_only():
     return None
 
 
-# ---- paging -----------------------------------------------------------------------------------------
+# ---- paging and counting ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list
-    number: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, ceil(self.total / PER_PAGE))
+def bad_link(error: keyset.BadCursor):
+    return render_template("error.html", status=400, code="bad-request", msg=str(error)), 400
 
 
-def paginate(query: Select) -> Page:
-    """The page of ``query`` named by ``?page=N`` (404 past the last page)."""
-    number = request.args.get("page", 1, type=int)
-    session = get_session()
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
-    if number < 1 or number > max(1, ceil(total / PER_PAGE)):
-        abort(404)
-    items = session.scalars(query.limit(PER_PAGE).offset((number - 1) * PER_PAGE)).unique().all()
-    return Page(items, number, total)
+def capped_count(*filters) -> tuple[int, bool]:
+    """Result fetches matching ``filters``, counted up to ``keyset.COUNT_CAP``: (count, capped)."""
+    limited = select(ResultFetch.id).where(*filters).limit(keyset.COUNT_CAP + 1).subquery()
+    found = get_session().scalar(select(func.count()).select_from(limited))
+    return min(found, keyset.COUNT_CAP), found > keyset.COUNT_CAP
+
+
+def count_text(counted: tuple[int, bool]) -> str:
+    return f"{counted[0]:,}+" if counted[1] else f"{counted[0]:,}"
 
 
 # ---- dashboard and ToolCalls ------------------------------------------------------------------------
@@ -102,9 +100,8 @@ def paginate(query: Select) -> Page:
 @bp.get("/")
 def dashboard():
     session = get_session()
-    found = dict(session.execute(select(ToolCall.status, func.count()).group_by(ToolCall.status)).all())
+    found = lifecycle.counts(session)
     by_status = [(status.value, found.get(status.value, 0)) for status in Status]
-    fetches = dict(session.execute(select(ResultFetch.state, func.count()).group_by(ResultFetch.state)).all())
     span = request.args.get("chart", attempt_chart.DEFAULT_SPAN)
     if span not in attempt_chart.SPANS:
         span = attempt_chart.DEFAULT_SPAN
@@ -115,25 +112,79 @@ def dashboard():
         .order_by(ResultFetch.reported_at.desc(), ResultFetch.id.desc())
         .limit(DASHBOARD_FAILED)
     ).all()
+    owed = capped_count(ResultFetch.state == "owed")
+    failed = capped_count(ResultFetch.state == "failed")
     return render_template(
         "ops/dashboard.html",
         by_status=by_status,
         total=sum(found.values()),
-        owed=fetches.get("owed", 0),
-        failed=fetches.get("failed", 0),
+        owed=owed[0],
+        owed_text=count_text(owed),
+        failed=failed[0],
+        failed_text=count_text(failed),
         failed_fetches=failed_fetches,
         chart=attempt_chart.build(session, utcnow(), span),
         spans=attempt_chart.SPANS.values(),
     )
 
 
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
 class ToolCallFilter(Form):
-    """The ToolCall list's selects (a GET form: no CSRF token, nothing changes)."""
+    """The ToolCall list's filters and search (a GET form: no CSRF token, nothing changes)."""
 
     status = SelectField(
         "Status", default="", choices=[SelectChoice("", "any")] + [SelectChoice(s.value) for s in Status]
     )
     tool = SelectField("Tool", default="")
+    user = StringField(
+        "User (username or persnr)", filters=[_strip], validators=[Optional(), Length(max=150)]
+    )
+    token = StringField("Result token", filters=[_strip], validators=[Optional(), Length(max=255)])
+    since = DateField("Started from", validators=[Optional()])
+    until = DateField("to (inclusive)", validators=[Optional()])
+    id = IntegerField("ToolCall #", validators=[Optional(), NumberRange(min=1)])
+
+    def validate_until(self, field) -> None:
+        if field.data and self.since.data and field.data < self.since.data:
+            raise ValidationError("must not be before the start date")
+
+
+def _midnight(day) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _toolcall_filters(session, form: ToolCallFilter) -> tuple[list, str | None]:
+    """The WHERE clauses of the form's filters, and a note when a search finds no such user."""
+    filters = []
+    if form.status.data:
+        filters.append(ToolCall.status == form.status.data)
+    if form.tool.data:
+        filters.append(ToolCall.tool_id == session.scalar(select(Exam.id).where(Exam.slug == form.tool.data)))
+    if form.user.data:
+        # A persnr is "N" and 32 digits (models.new_persnr); either way a unique index finds it.
+        user_id = session.scalar(
+            select(User.id).where((User.username == form.user.data) | (User.persnr == form.user.data))
+        )
+        if user_id is None:
+            return [ToolCall.id.is_(None)], f"No user has the username or persnr {form.user.data!r}."
+        filters.append(ToolCall.user_id == user_id)
+    if form.token.data:
+        # The fetch records of the token (pruned after a while) and the results stored under it.
+        found = union(
+            select(ResultFetch.toolcall_id).where(
+                ResultFetch.token == form.token.data, ResultFetch.toolcall_id.is_not(None)
+            ),
+            select(ToolCallResult.toolcall_id).where(ToolCallResult.token == form.token.data),
+        )
+        filters.append(ToolCall.id.in_(select(found.subquery().c[0])))
+    if form.since.data:
+        filters.append(ToolCall.started >= _midnight(form.since.data))
+    if form.until.data:
+        filters.append(ToolCall.started < _midnight(form.until.data) + timedelta(days=1))
+    return filters, None
 
 
 @bp.get("/toolcalls/")
@@ -146,26 +197,41 @@ def toolcalls():
     ]
     if not form.validate():
         return render_template("ops/toolcalls.html", form=form, page=None), 400
-    query = (
-        select(ToolCall)
-        .options(joinedload(ToolCall.tool), joinedload(ToolCall.user))
-        .order_by(ToolCall.started.desc(), ToolCall.id.desc())
-    )
-    if form.status.data:
-        query = query.where(ToolCall.status == form.status.data)
-    if form.tool.data:
-        query = query.join(ToolCall.tool).where(Exam.slug == form.tool.data)
-    return render_template("ops/toolcalls.html", form=form, page=paginate(query))
+    if form.id.data:
+        if session.get(ToolCall, form.id.data) is None:
+            form.id.errors.append(f"there is no ToolCall {form.id.data}")
+            return render_template("ops/toolcalls.html", form=form, page=None), 404
+        return redirect(url_for("ops.toolcall", toolcall_id=form.id.data), code=303)
+    filters, note = _toolcall_filters(session, form)
+    try:
+        page = keyset.paginate(
+            session,
+            ToolCall,
+            (ToolCall.started, ToolCall.id),
+            filters,
+            request.args,
+            options=[joinedload(ToolCall.tool), joinedload(ToolCall.user)],
+        )
+    except keyset.BadCursor as e:
+        return bad_link(e)
+    return render_template("ops/toolcalls.html", form=form, page=page, note=note)
 
 
 @bp.get("/toolcalls/<int:toolcall_id>/")
 def toolcall(toolcall_id: int):
     session = get_session()
-    found = session.get(ToolCall, toolcall_id)
+    found = session.get(
+        ToolCall,
+        toolcall_id,
+        options=[joinedload(ToolCall.user), joinedload(ToolCall.tool).joinedload(Exam.client)],
+    )
     if found is None:
         abort(404)
     fetches = session.scalars(
-        select(ResultFetch).where(ResultFetch.toolcall_id == found.id).order_by(ResultFetch.id)
+        select(ResultFetch)
+        .options(joinedload(ResultFetch.client))
+        .where(ResultFetch.toolcall_id == found.id)
+        .order_by(ResultFetch.id)
     ).all()
     scores = session.scalars(select(Score).where(Score.toolcall_id == found.id).order_by(Score.id)).all()
     return render_template("ops/toolcall.html", toolcall=found, fetches=fetches, scores=scores)
@@ -178,6 +244,7 @@ class FetchFilter(Form):
     state = SelectField(
         "State", default="failed", choices=[SelectChoice(s) for s in ("failed", "owed", "done", "all")]
     )
+    token = StringField("Result token", filters=[_strip], validators=[Optional(), Length(max=255)])
 
 
 class RetryForm(FlaskForm):
@@ -189,14 +256,23 @@ def fetch_list():
     form = FetchFilter(request.args)
     if not form.validate():
         return render_template("ops/fetches.html", form=form, page=None), 400
-    query = (
-        select(ResultFetch)
-        .options(joinedload(ResultFetch.client))
-        .order_by(ResultFetch.reported_at.desc(), ResultFetch.id.desc())
-    )
+    filters = []
     if form.state.data != "all":
-        query = query.where(ResultFetch.state == form.state.data)
-    return render_template("ops/fetches.html", form=form, page=paginate(query))
+        filters.append(ResultFetch.state == form.state.data)
+    if form.token.data:
+        filters.append(ResultFetch.token == form.token.data)
+    try:
+        page = keyset.paginate(
+            get_session(),
+            ResultFetch,
+            (ResultFetch.reported_at, ResultFetch.id),
+            filters,
+            request.args,
+            options=[joinedload(ResultFetch.client)],
+        )
+    except keyset.BadCursor as e:
+        return bad_link(e)
+    return render_template("ops/fetches.html", form=form, page=page)
 
 
 @bp.post("/fetches/<int:fetch_id>/retry")
@@ -236,22 +312,15 @@ def retry_fetch(fetch_id: int):
 
 @bp.get("/toolbus/")
 def toolbus():
-    """Tools, workers and failed calls; takes ``TOOLCALL_INSPECT_TIMEOUT_SECS`` waiting for workers."""
+    """Tools, workers and failed calls, as the workers last wrote them (no broadcast per view)."""
     config = current_app.config
     found = toolbus_status.status(
-        current_app.extensions["celery"],
-        config["REDIS_URL"],
-        config["TOOLCALL_TOOLS"],
-        config["TOOLCALL_INSPECT_TIMEOUT_SECS"],
+        config["REDIS_URL"], config["TOOLCALL_TOOLS"], config["TOOLCALL_WORKER_STATE_SECS"]
     )
     return render_template("ops/toolbus.html", status=found)
 
 
 # ---- clients and tools ------------------------------------------------------------------------------
-
-
-def _strip(value):
-    return value.strip() if isinstance(value, str) else value
 
 
 def web_url(form, field) -> None:
@@ -370,7 +439,9 @@ def _commit(form_field, value) -> bool:
 
 @bp.get("/clients/")
 def clients():
-    rows = get_session().scalars(select(Client).order_by(Client.name)).all()
+    rows = (
+        get_session().scalars(select(Client).options(selectinload(Client.tools)).order_by(Client.name)).all()
+    )
     return render_template("ops/clients.html", clients=rows)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from webapp import lifecycle, phrases
+from webapp import keyset, lifecycle, phrases
 from webapp.db import get_session
 from webapp.lifecycle import OPEN, Status
 from webapp.lti import launch
@@ -135,17 +135,19 @@ _PHRASE_PARTS = (selectinload(ToolCall.log), selectinload(ToolCall.results), sel
 @bp.get("/tooluser/attempts/")
 @login_required
 def attempts():
-    rows = (
-        get_session()
-        .scalars(
-            select(ToolCall)
-            .where(ToolCall.user_id == current_user.id)
-            .options(*_PHRASE_PARTS)
-            .order_by(ToolCall.id.desc())
+    """The user's attempts, newest first, a page at a time (``webapp.keyset``)."""
+    try:
+        page = keyset.paginate(
+            get_session(),
+            ToolCall,
+            (ToolCall.started, ToolCall.id),
+            [ToolCall.user_id == current_user.id],
+            request.args,
+            options=[*_PHRASE_PARTS],
         )
-        .all()
-    )
-    return render_template("portal/attempts.html", attempts=rows, phrase=phrases.of)
+    except keyset.BadCursor as e:
+        return render_template("error.html", status=400, code="bad-request", msg=str(e)), 400
+    return render_template("portal/attempts.html", page=page, phrase=phrases.of)
 
 
 @bp.get("/tooluser/attempts/<int:toolcall_id>/")

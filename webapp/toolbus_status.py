@@ -1,29 +1,49 @@
 """The ToolBus as the ops page shows it: the declared tools, the Celery workers online, and what the
-workers recorded (tool starts, failed calls; ``worker.records``).
+workers recorded (their state, tool starts, failed calls; ``worker.records``).
 
-Workers are found through Celery's remote control (``inspect().stats()`` and ``active_queues()``),
-answered by each worker's main process even while its children are busy. ``stats`` is broadcast
-and waits the whole timeout, since nobody knows how many workers there are; ``active_queues`` then
-asks the workers that answered, by name, and returns once all of them have. A broker that is down
-fails at once (no connection retries): the page says that no workers answered, and why.
+Each worker writes its state -- Celery's stats and the queues it consumes, what
+``inspect().stats()`` and ``active_queues()`` would answer -- to Redis every
+``TOOLCALL_WORKER_STATE_SECS`` (``worker.health``), so a view reads Redis and asks no worker: a
+Celery broadcast waits its whole timeout on every view, since nobody knows how many workers there
+are. A worker whose state is older than ``STALE_AFTER`` intervals is listed as not heard from (it
+stopped without saying so, or it is stuck). A Redis that is away fails quickly: the page says so.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
-from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
 from toolbus.descriptors import ToolDescriptor, load_tools
 from toolbus.errors import DescriptorError
-from worker.records import CallFailure, Records, ToolStarts
+from worker.records import CallFailure, Records, ToolStarts, WorkerState
 
 #: Failed calls shown (the workers keep ``records.ERRORS_KEPT``).
 FAILURES_SHOWN = 30
+#: A worker is online while its state is at most this many writing intervals old.
+STALE_AFTER = 3
+#: Seconds to wait for Redis: a view must not hang on it.
+REDIS_TIMEOUT = 2.0
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def records_redis(url: str) -> redis.Redis:
+    """A client of the records' Redis at ``url``, kept for the process (its connections are pooled:
+    a new connection costs more than the reads) and quick to give up."""
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = _clients[url] = redis.Redis.from_url(
+                url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+            )
+        return client
 
 
 @dataclass
@@ -58,6 +78,7 @@ class WorkerRow:
     uptime: int | None
     calls: int  # tasks received since the worker started (Celery's stats "total")
     calls_by_task: dict[str, int]
+    age: float  # seconds since the worker wrote its state
     starts: int = 0
     restarts: int = 0
 
@@ -68,9 +89,11 @@ class ToolBusStatus:
     tools: list[ToolRow]
     tools_problem: str | None
     workers: list[WorkerRow]
-    workers_problem: str | None  # "No workers answered ...": why none is listed, when none is
+    workers_problem: str | None  # "No worker has written ...": why none is listed, when none is
     failures: list[CallFailure]
     records_problem: str | None
+    silent: list[WorkerRow] = field(default_factory=list)  # not heard from lately
+    interval: float = 0.0
 
     def when(self, at: float) -> datetime:
         return datetime.fromtimestamp(at, UTC)
@@ -92,81 +115,73 @@ def _tool_rows(tools: dict[str, ToolDescriptor]) -> list[ToolRow]:
     ]
 
 
-def _inspect(app: Celery, timeout: float) -> tuple[dict, dict]:
-    """(stats, active queues) by worker name; ({}, {}) when none answers within ``timeout``."""
-    options = {"max_retries": 0, "socket_connect_timeout": timeout, "socket_timeout": timeout + 1}
-    with app.connection_for_write(connect_timeout=timeout, transport_options=options) as connection:
-        stats = app.control.inspect(timeout=timeout, connection=connection).stats() or {}
-        if not stats:
-            return {}, {}
-        named = app.control.inspect(timeout=timeout, connection=connection, destination=sorted(stats))
-        return stats, named.active_queues() or {}
-
-
-def _worker_rows(stats: dict, queues: dict, tools: list[ToolRow]) -> list[WorkerRow]:
+def _worker_rows(states: list[WorkerState], tools: list[ToolRow], now: float) -> list[WorkerRow]:
     tool_of_queue = {t.queue: t.name for t in tools}
     rows = []
-    for name in sorted(stats):
-        info = stats[name] or {}
-        pool = info.get("pool") or {}
-        served = sorted(q.get("name", "?") for q in queues.get(name) or [])
+    for state in states:
+        pool = state.pool or {}
         totals: dict[str, int] = defaultdict(int)
-        for task, n in (info.get("total") or {}).items():
+        for task, n in (state.total or {}).items():
             totals[task.partition(":")[0]] += int(n)  # toolbus.eval:calc -> toolbus.eval (Bus.eval's name)
         limit = pool.get("max-tasks-per-child")  # "N/A" when children are never recycled
         rows.append(
             WorkerRow(
-                name=name,
-                queues=served,
-                tools=[tool_of_queue[q] for q in served if q in tool_of_queue],
+                name=state.name,
+                queues=list(state.queues),
+                tools=[tool_of_queue[q] for q in state.queues if q in tool_of_queue],
                 pool=str(pool.get("implementation", "?")).rpartition(":")[0].rpartition(".")[2] or "?",
                 concurrency=pool.get("max-concurrency"),
                 max_tasks_per_child=limit if isinstance(limit, int) else None,
                 processes=list(pool.get("processes") or []),
-                pid=info.get("pid"),
-                uptime=info.get("uptime"),
+                pid=state.pid,
+                uptime=state.uptime,
                 calls=sum(totals.values()),
                 calls_by_task=dict(sorted(totals.items())),
+                age=max(0.0, now - state.at),
             )
         )
     return rows
 
 
-def status(app: Celery, redis_url: str, tools_path: str, timeout: float) -> ToolBusStatus:
-    """Everything the ToolBus ops page shows; each part that cannot be had says why instead."""
+def status(redis_url: str, tools_path: str, interval: float, now: float | None = None) -> ToolBusStatus:
+    """Everything the ToolBus ops page shows; each part that cannot be had says why instead.
+    ``interval`` is how often the workers write their state (``TOOLCALL_WORKER_STATE_SECS``)."""
+    now = datetime.now(UTC).timestamp() if now is None else now
     tools_problem = None
     try:
         tools = _tool_rows(load_tools(tools_path, check_classes=False))
     except DescriptorError as e:
         tools, tools_problem = [], str(e)
 
-    workers_problem = None
-    try:
-        stats, queues = _inspect(app, timeout)
-    except Exception as e:  # the broker is down or refuses us: no worker can answer
-        stats, queues = {}, {}
-        broker = maybe_sanitize_url(app.conf.broker_url)
-        workers_problem = f"No workers answered: the broker {broker} could not be reached ({e})."
-    workers = _worker_rows(stats, queues, tools)
-    if not workers and workers_problem is None:
-        workers_problem = f"No workers answered within {timeout:g} s: none is running, or all are stuck."
-
     records_problem = None
     failures: list[CallFailure] = []
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout + 1)
+    states: list[WorkerState] = []
     try:
-        found = Records(client)
+        found = Records(records_redis(redis_url))
+        states = found.workers(now)
         starts = found.tool_starts()
         failures = found.failures(FAILURES_SHOWN)
     except redis.RedisError as e:
         starts = []
         records_problem = f"The Redis at {maybe_sanitize_url(redis_url)} could not be read: {e}"
-    finally:
-        client.close()
-    _count_starts(starts, workers, tools)
+    rows = _worker_rows(states, tools, now)
+    workers = [w for w in rows if w.age <= STALE_AFTER * interval]
+    silent = [w for w in rows if w.age > STALE_AFTER * interval]
+    workers_problem = None
+    if records_problem:
+        workers_problem = f"No workers can be listed: {records_problem}"
+    elif not workers:
+        workers_problem = (
+            f"No worker has written its state within {STALE_AFTER * interval:g} s: none is running, "
+            "or all are stuck."
+        )
+    _count_starts(starts, rows, tools)
+    for t in tools:  # served by the workers online only
+        t.workers = [w.name for w in workers if t.queue in w.queues]
     return ToolBusStatus(
-        str(tools_path), tools, tools_problem, workers, workers_problem, failures, records_problem
-    )
+        str(tools_path), tools, tools_problem, workers, workers_problem, failures, records_problem,
+        silent, interval,
+    )  # fmt: skip
 
 
 def _count_starts(starts: list[ToolStarts], workers: list[WorkerRow], tools: list[ToolRow]) -> None:
@@ -180,4 +195,3 @@ def _count_starts(starts: list[ToolStarts], workers: list[WorkerRow], tools: lis
         w.starts, w.restarts = by_worker[w.name]
     for t in tools:
         t.starts, t.restarts = by_tool[t.name]
-        t.workers = [w.name for w in workers if t.queue in w.queues]

@@ -1,11 +1,16 @@
-"""The tool workers' records for operators, written as things happen (``worker.records`` holds what
-is recorded and how it is read).
+"""The workers' records for operators, written as things happen (``worker.records`` holds what is
+recorded and how it is read).
 
 Who writes: ``worker.ownership.settle`` notices a start after the request that caused it (the
 instance's start count moved) and calls ``tool_started``; a failed call is recorded by Celery's
 ``task_failure`` signal (in the child; in the worker's main process for a child lost mid-call or a
 hard time limit), and a batch's error slots by ``task_success``. A record that cannot be written
 (Redis away) is logged and lost; the call is not affected.
+
+Every worker (tool workers and ``callbacks`` alike) writes its state -- Celery's stats and the
+queues it consumes -- when it is ready and then every ``TOOLCALL_WORKER_STATE_SECS`` from its main
+process's timer, and removes it when it stops: the ops page reads that instead of asking the
+workers on every view.
 """
 
 from __future__ import annotations
@@ -18,10 +23,61 @@ import time
 from billiard.process import current_process
 from celery import current_task, signals
 
+import celeryconfig
 from worker.process import ProcessLocal
-from worker.records import Records, connect, failure
+from worker.records import WORKER_STATE_SECS, Records, WorkerState, connect, failure
 
 log = logging.getLogger("worker.health")
+
+# ---- the worker's state, from its main process ----------------------------------------------------------
+
+#: The stats of a pool that the ops page shows.
+POOL_FIELDS = ("implementation", "max-concurrency", "max-tasks-per-child", "processes")
+
+
+def worker_state(consumer) -> WorkerState:
+    """The state of the worker that ``consumer`` belongs to, as ``inspect().stats()`` and
+    ``active_queues()`` would answer."""
+    stats = consumer.controller.stats()
+    pool = stats.get("pool") or {}
+    queues = consumer.task_consumer.queues if consumer.task_consumer else []
+    return WorkerState(
+        name=consumer.hostname,
+        at=time.time(),
+        pid=stats.get("pid"),
+        uptime=stats.get("uptime"),
+        total={str(task): int(n) for task, n in (stats.get("total") or {}).items()},
+        pool={key: pool[key] for key in POOL_FIELDS if key in pool},
+        queues=sorted(q.name for q in queues),
+    )
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender=None, **_):
+    """Write the state now, then every ``TOOLCALL_WORKER_STATE_SECS`` (the consumer's timer runs
+    in the main process, beside the event loop)."""
+    consumer = sender
+
+    def write() -> None:
+        try:
+            state = worker_state(consumer)
+        except Exception as e:  # a worker shutting down may have no consumer left
+            log.debug("no worker state to write: %s", e)
+            return
+        _write(lambda records: records.worker_seen(state))
+
+    write()
+    consumer.timer.call_repeatedly(
+        celeryconfig.seconds("TOOLCALL_WORKER_STATE_SECS", WORKER_STATE_SECS), write
+    )
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(sender=None, **_):
+    name = getattr(sender, "hostname", None)
+    if name:
+        _write(lambda records: records.worker_gone(name))
+
 
 # ---- recording, in the worker processes ---------------------------------------------------------------
 

@@ -1,10 +1,18 @@
-"""What the tool workers record for operators, and how it is read: tool starts and failed calls.
+"""What the workers record for operators, and how it is read: tool starts and failed calls, the
+state of each worker, and how long result fetches take.
 
-Both are rare, so each is written to Redis as it happens; a successful call writes nothing, because
-its round trip is measured against a bare Celery task (bench/eval_vs_celery.py).
+Tool starts and failed calls are rare, so each is written to Redis as it happens; a successful call
+writes nothing, because its round trip is measured against a bare Celery task
+(bench/eval_vs_celery.py). Each worker writes its state every few seconds, so that the ops page and
+the metrics read it instead of asking every worker on every view (a Celery broadcast holds the
+asker for a second or more).
 
-    toolbus:tool-starts   hash: field ["<worker>", "<tool>", <child index>] -> tools started there
-    toolbus:errors        list: the latest failed calls, newest first, at most ERRORS_KEPT (JSON)
+    toolbus:tool-starts    hash: field ["<worker>", "<tool>", <child index>] -> tools started there
+    toolbus:errors         list: the latest failed calls, newest first, at most ERRORS_KEPT (JSON)
+    toolbus:failed-calls   hash: tool -> failed calls in all (a counter for the metrics)
+    toolbus:workers        hash: worker name -> its state as it last wrote it (JSON, with ``at``)
+    toolcall:fetch-seconds hash: "<outcome> <bucket>" -> attempts, "<outcome> sum" -> seconds: a
+                           histogram of result-fetch attempts (``FETCH_BUCKETS``)
 
 A worker child's index is the pool slot it fills: a child that replaces a recycled or lost one gets
 the same index. So the first start counted under a field is the tool's first start in that slot,
@@ -13,8 +21,9 @@ child after recycling (``restart_frequency``) or after the worker itself was res
 ``python -m worker tools`` forgets the starts of its workers when it starts: restarts count from
 there.
 
-No Celery here: the workers write through ``worker.health`` (Celery's signals), the portal's ops
-page (``webapp.toolbus_status``) reads through ``Records``.
+No Celery here: the workers write through ``worker.health`` (Celery's signals) and
+``worker.fetch_tasks``, the portal's ops page (``webapp.toolbus_status``) and metrics
+(``webapp.metrics``) read through ``Records``.
 """
 
 from __future__ import annotations
@@ -29,6 +38,16 @@ from worker.events import PREFIX, connect_redis
 
 STARTS_KEY = f"{PREFIX}:tool-starts"
 ERRORS_KEY = f"{PREFIX}:errors"
+FAILED_KEY = f"{PREFIX}:failed-calls"
+WORKERS_KEY = f"{PREFIX}:workers"
+FETCH_SECONDS_KEY = "toolcall:fetch-seconds"
+#: Upper bounds (seconds) of the fetch histogram's buckets: a vendor answers within 15 s or not at all.
+FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
+#: How often a worker writes its state (``TOOLCALL_WORKER_STATE_SECS``); a reader takes a worker whose
+#: state is older than a few of these for gone.
+WORKER_STATE_SECS = 10.0
+#: A worker's state older than this is dropped when read: the worker is long gone.
+WORKER_FORGOTTEN_SECS = 86400
 #: Failed calls kept (the oldest are trimmed on every push).
 ERRORS_KEPT = 100
 #: Seconds a record may take: a worker must not stall on a Redis that is away (the record is lost).
@@ -65,6 +84,31 @@ class CallFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class WorkerState:
+    """What a worker last wrote of itself: Celery's own stats (``inspect().stats()``'s answer, in
+    part) and the queues it consumes."""
+
+    name: str
+    at: float  # Unix time it was written
+    pid: int | None
+    uptime: int | None
+    total: dict[str, int]  # tasks received since it started, by task name
+    pool: dict
+    queues: list[str]
+
+
+@dataclass(frozen=True)
+class FetchSeconds:
+    """The histogram of one outcome's fetch attempts: cumulative counts per upper bound (the last
+    is ``inf``), their number and the sum of their seconds."""
+
+    outcome: str
+    buckets: list[tuple[float, int]]
+    count: int
+    sum: float
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -96,6 +140,24 @@ class Records:
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(ERRORS_KEY, *(json.dumps(asdict(f)) for f in failures))
         pipe.ltrim(ERRORS_KEY, 0, ERRORS_KEPT - 1)
+        for f in failures:
+            pipe.hincrby(FAILED_KEY, f.tool, 1)
+        pipe.execute()
+
+    def worker_seen(self, state: WorkerState) -> None:
+        """Write a worker's state (every few seconds while it runs)."""
+        self.redis.hset(WORKERS_KEY, state.name, json.dumps(asdict(state), default=str))
+
+    def worker_gone(self, name: str) -> None:
+        """A worker stopping: it is no longer online."""
+        self.redis.hdel(WORKERS_KEY, name)
+
+    def fetch_attempted(self, outcome: str, seconds: float) -> None:
+        """One result-fetch attempt that came to ``outcome`` (stored, failed, retry...) in ``seconds``."""
+        bucket = next((f"{b:g}" for b in FETCH_BUCKETS if seconds <= b), "+Inf")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(FETCH_SECONDS_KEY, f"{outcome} {bucket}", 1)
+        pipe.hincrbyfloat(FETCH_SECONDS_KEY, f"{outcome} sum", seconds)
         pipe.execute()
 
     def forget_starts(self, workers: Iterable[str]) -> None:
@@ -122,6 +184,44 @@ class Records:
                 found.append(CallFailure(**json.loads(raw)))
             except (ValueError, TypeError):
                 continue
+        return found
+
+    def failed_calls(self) -> dict[str, int]:
+        """Failed calls in all, by tool."""
+        return {tool.decode(): int(n) for tool, n in self.redis.hgetall(FAILED_KEY).items()}
+
+    def workers(self, now: float) -> list[WorkerState]:
+        """Every worker's last state, by name; those older than ``WORKER_FORGOTTEN_SECS`` are dropped."""
+        found, forgotten = [], []
+        for name, raw in self.redis.hscan_iter(WORKERS_KEY):
+            try:
+                state = WorkerState(**json.loads(raw))
+            except (ValueError, TypeError):
+                forgotten.append(name)
+                continue
+            if now - state.at > WORKER_FORGOTTEN_SECS:
+                forgotten.append(name)
+            else:
+                found.append(state)
+        if forgotten:
+            self.redis.hdel(WORKERS_KEY, *forgotten)
+        return sorted(found, key=lambda w: w.name)
+
+    def fetch_seconds(self) -> list[FetchSeconds]:
+        """The fetch-attempt histogram of each outcome recorded so far."""
+        raw: dict[str, dict[str, float]] = {}
+        for field, value in self.redis.hgetall(FETCH_SECONDS_KEY).items():
+            outcome, _, bucket = field.decode().rpartition(" ")
+            raw.setdefault(outcome, {})[bucket] = float(value)
+        found = []
+        for outcome, values in sorted(raw.items()):
+            running, buckets = 0, []
+            for bound in FETCH_BUCKETS:
+                running += int(values.get(f"{bound:g}", 0))
+                buckets.append((bound, running))
+            running += int(values.get("+Inf", 0))
+            buckets.append((float("inf"), running))
+            found.append(FetchSeconds(outcome, buckets, running, values.get("sum", 0.0)))
         return found
 
     def _starts(self) -> list[tuple[str, bytes]]:
