@@ -440,7 +440,11 @@ def _commit(form_field, value) -> bool:
 @bp.get("/clients/")
 def clients():
     rows = (
-        get_session().scalars(select(Client).options(selectinload(Client.tools)).order_by(Client.name)).all()
+        get_session()
+        .scalars(
+            select(Client).options(selectinload(Client.tools), selectinload(Client.lti)).order_by(Client.name)
+        )
+        .all()
     )
     return render_template("ops/clients.html", clients=rows)
 
