@@ -47,10 +47,12 @@ COUNTER_SIGNATURES = [
     "eval(add(<int>, <int>), <int>)",
     "eval(nap(<str>, <real>), <int>)",
     "eval(fail(<str>), <int>)",
+    "eval(hold(<str>, <real>), <int>)",
 ]
 EMITTER_SIGNATURES = [
     *COUNTER_SIGNATURES,
     "do(emit(<int>))",
+    "do(emit_and_nap(<int>, <str>, <real>))",
     "eval(acks, <list>)",
     "event(note(<int>), <term>)",
 ]
@@ -211,6 +213,7 @@ class Launcher:
         broker: str | None = None,
         concurrency: int | None = None,
         log_path: Path | None = None,
+        events_url: str | None = None,
     ):
         self.tools_path = tools_path
         self.group = group
@@ -220,6 +223,9 @@ class Launcher:
         self.env = {
             **os.environ,
             **client_env(tools_path, db, broker),
+            # The workers' own way to the Redis of events and records (e.g. through a TcpProxy);
+            # the test's buses keep the direct one.
+            **({"REDIS_URL": events_url} if events_url else {}),
             # The fixture tool classes live in tests/, which is not installed.
             "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         }
@@ -350,12 +356,15 @@ def running(
     broker: str | None = None,
     concurrency: int | None = None,
     flush_db: bool = True,
+    events_url: str | None = None,
 ) -> Iterator[Launcher]:
-    """A launcher for ``tools`` in host group ``group``, ready to serve; stopped and checked after."""
+    """A launcher for ``tools`` in host group ``group``, ready to serve; stopped and checked after.
+
+    ``events_url`` is the workers' REDIS_URL when it is not database ``db`` itself (a proxy to it)."""
     path = write_tools(directory, tools)
     if flush_db:
         flush(db)
-    launcher = Launcher(path, group, db, broker, concurrency)
+    launcher = Launcher(path, group, db, broker, concurrency, events_url=events_url)
     launcher.start()
     try:
         launcher.wait_ready()

@@ -39,6 +39,20 @@ PREFIX = "toolbus"
 INSTANCE_TTL = 5
 #: Events kept per tool stream at most (the oldest are trimmed).
 STREAM_MAXLEN = 100_000
+#: Seconds an event id stays known as published, so that publishing it again adds nothing.
+PUBLISHED_TTL = 3600
+
+# Publishing is retried until it succeeds (a Redis that is away must not lose an event), and a retry
+# may follow an attempt whose reply was lost after Redis had run it: the marker makes the second
+# append a no-op, so the stream never holds an event twice.
+_PUBLISH = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[6]) then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
+             'id', ARGV[1], 'instance', ARGV[2], 'term', ARGV[3], 'at', ARGV[4])
+  return 1
+end
+return 0
+"""
 
 
 def connect_redis(url: str | None = None, **options) -> redis.Redis:
@@ -49,6 +63,10 @@ def connect_redis(url: str | None = None, **options) -> redis.Redis:
 
 def stream_key(tool: str) -> str:
     return f"{PREFIX}:events:{tool}"
+
+
+def published_key(event_id: str) -> str:
+    return f"{PREFIX}:published:{event_id}"
 
 
 def acks_key(instance: str) -> str:
@@ -78,17 +96,17 @@ class Event:
 class EventChannel:
     def __init__(self, client: redis.Redis):
         self.redis = client
+        self._publish = client.register_script(_PUBLISH)
 
     # ---- the owning worker child -------------------------------------------------------------------
 
     def publish(self, tool: str, instance: str, event: ATerm, event_id: str | None = None) -> str:
-        """Offer an event of ``instance``; returns its id."""
+        """Offer an event of ``instance``; returns its id. Publishing an id again adds nothing, so a
+        publisher may retry until it hears that it succeeded."""
         event_id = event_id or uuid.uuid4().hex
-        self.redis.xadd(
-            stream_key(tool),
-            {"id": event_id, "instance": instance, "term": str(event), "at": f"{time.time():.3f}"},
-            maxlen=STREAM_MAXLEN,
-            approximate=True,
+        self._publish(
+            keys=[stream_key(tool), published_key(event_id)],
+            args=[event_id, instance, str(event), f"{time.time():.3f}", STREAM_MAXLEN, PUBLISHED_TTL],
         )
         return event_id
 

@@ -30,11 +30,15 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
+import redis
 from celery import signals
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from toolbus.aterm import parse
+from toolbus.aterm import ATerm, parse
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from toolbus.errors import ToolBusError
 from toolbus.instances import ToolInstance, start_tool
@@ -48,6 +52,11 @@ _ANY = parse("E?")
 
 #: Seconds between two refreshes of a worker process's key (it expires after ``INSTANCE_TTL``).
 BEAT_SECS = 1.0
+#: Seconds between two attempts of an event relay to reach a Redis that is away.
+RETRY_SECS = 1.0
+#: Seconds an event relay's connection may take to connect, or a command to answer (a blocking pop
+#: for acks waits one second of it).
+RELAY_TIMEOUT = 5.0
 
 
 class _Owned:
@@ -222,17 +231,52 @@ class _ProcessBeat:
             pass  # it expires on its own
 
 
+class _Outage:
+    """Says once that Redis cannot be reached, and once that it answers again (not every retry)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, error: Exception) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s: cannot reach Redis (%s); trying again every %g s", self.what, error, RETRY_SECS)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("%s: Redis answers again, after %.0f s", self.what, time.monotonic() - self.since)
+            self.since = None
+
+
 class _EventRelay:
-    """Publishes an instance's events and delivers the acks that come back for them."""
+    """Publishes an instance's events and delivers the acks that come back for them.
+
+    Redis may be away at any moment: nothing here gives up on it. An event taken from the instance
+    is published again and again until Redis has it (the instance holds back the later events of
+    its symbol until it is acked, so losing it would silence that symbol for the instance's life);
+    an instance that ended while Redis was away is marked gone once it is back.
+    """
 
     def __init__(self, inst: ToolInstance):
         self.inst = inst
-        self.channel = EventChannel(connect_redis())
+        # Its own retries, every RETRY_SECS, instead of redis-py's; timeouts, so that a Redis that
+        # stopped answering cannot hold the relay (or a task's settle) for long.
+        self.channel = EventChannel(
+            connect_redis(
+                socket_connect_timeout=RELAY_TIMEOUT,
+                socket_timeout=RELAY_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
+        )
         self._stop = threading.Event()
         # The publisher, the acker and the tasks (settle) all update the channel's view.
         self._lock = threading.Lock()
         self._published: str | None = None  # instance name on the channel
+        self._buried: set[str] = set()  # ended here, not yet marked gone on the channel
         self._retired: str | None = None  # a running tool that has served its last request
+        self._synced = False  # the channel's view was brought up to date by the last _current()
+        self._outage = _Outage(f"tool {inst.name}: events")
         self._publisher = threading.Thread(target=self._publish_loop, name=f"events-{inst.name}", daemon=True)
         self._acker = threading.Thread(target=self._ack_loop, name=f"acks-{inst.name}", daemon=True)
         self._publisher.start()
@@ -242,24 +286,28 @@ class _EventRelay:
         with self._lock:
             self._stop.set()
             if self._published:
-                self.channel.gone(self._published)
+                self._buried.add(self._published)
             self._published = None
+            self._bury()
 
     def settle(self) -> None:
         """After a request: a tool that has served ``restart_frequency`` requests is retired now.
 
         It is replaced before it serves again -- with its worker child, which Celery recycles after
         this task, or by the instance before the next request -- so acks for its events could never
-        be delivered; they are refused from now on.
+        be delivered; they are refused from now on. While Redis is away, the relay says so once it
+        is back; the task does not wait for it.
         """
         limit = self.inst.descriptor.restart_frequency
         with self._lock:
             if limit and self.inst.alive and self.inst.requests >= limit:
                 self._retired = instance_name(self.inst)
-        self._current()
+        self._current(wait_for_redis=self._outage.since is None)
 
-    def _current(self) -> str | None:
-        """Keep the channel's view of the running tool up to date; returns its name if alive."""
+    def _current(self, wait_for_redis: bool = True) -> str | None:
+        """Keep the channel's view of the running tool up to date; returns its name if alive.
+
+        ``_synced`` says whether that view is up to date now (Redis answered)."""
         with self._lock:
             if self._stop.is_set():
                 return None
@@ -267,11 +315,28 @@ class _EventRelay:
             if name is not None and name == self._retired:
                 name = None
             if name != self._published and self._published is not None:
-                self.channel.gone(self._published)  # recycled, restarted or crashed
+                self._buried.add(self._published)  # recycled, restarted or crashed
             self._published = name
-            if name is not None:
-                self.channel.alive(name)
+            if wait_for_redis:
+                try:
+                    self._bury()
+                    if name is not None:
+                        self.channel.alive(name)
+                except redis.RedisError as e:
+                    self._synced = False
+                    self._outage.failed(e)
+                    return name
+                self._synced = True
+                self._outage.over()
+            else:
+                self._synced = False
             return name
+
+    def _bury(self) -> None:
+        """Mark the instances that ended here gone on the channel (lock held; raises RedisError)."""
+        for name in list(self._buried):
+            self.channel.gone(name)
+            self._buried.discard(name)
 
     def _publish_loop(self) -> None:
         while not self._stop.is_set():
@@ -283,18 +348,46 @@ class _EventRelay:
                 if taken is None or self._stop.is_set():
                     continue
                 # The tool may have been replaced while this loop waited: the event goes out under
-                # the name of the tool that emitted it, and a fresh tool is announced before its
-                # first event is (an event of an instance not known to be alive leaves the offer).
+                # the name of the tool that emitted it.
                 emitter = instance_name(self.inst, self.inst.emitter_of(event_id))
-                self._current()
-                self.channel.publish(self.inst.name, emitter, taken[1]["E"], event_id)
+                self._publish(emitter, taken[1]["E"], event_id)
             except ToolBusError as e:
                 if self._stop.is_set():
                     return  # the instance was terminated with its child
                 log.error("tool %s: %s", self.inst.name, e)  # e.g. an event that fits no signature
             except Exception:
                 log.exception("tool %s: publishing events failed", self.inst.name)
-                self._stop.wait(1.0)
+                self._stop.wait(RETRY_SECS)
+
+    def _publish(self, emitter: str, event: ATerm, event_id: str) -> None:
+        """Publish an event taken from the instance; retried until Redis has it or the child ends
+        (a retry after a lost reply adds nothing: ``EventChannel.publish``)."""
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            # A fresh tool is announced before its first event is (an event of an instance not
+            # known to be alive is not offered).
+            try:
+                self._current()
+                if not self._synced:
+                    raise redis.ConnectionError("the channel's view of the instance could not be updated")
+                self.channel.publish(self.inst.name, emitter, event, event_id)
+            except redis.RedisError as e:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning(
+                        "tool %s: cannot publish %s yet (%s); trying again every %g s until Redis has it",
+                        self.inst.name, event, e, RETRY_SECS,
+                    )  # fmt: skip
+                self._stop.wait(RETRY_SECS)
+                continue
+            if failing_since is not None:
+                log.warning(
+                    "tool %s: published %s, %.0f s late",
+                    self.inst.name,
+                    event,
+                    time.monotonic() - failing_since,
+                )
+            return
 
     def _ack_loop(self) -> None:
         while not self._stop.is_set():
@@ -304,8 +397,13 @@ class _EventRelay:
                 continue
             try:
                 ack = self.channel.next_ack(name, timeout=1.0)
-                if ack is None:
-                    continue
+            except redis.RedisError as e:
+                self._outage.failed(e)
+                self._stop.wait(RETRY_SECS)
+                continue
+            if ack is None:
+                continue
+            try:
                 event_id, result = ack
                 self.inst.snd_ack_to_tool(event_id, result)
             except ToolBusError as e:
@@ -314,4 +412,4 @@ class _EventRelay:
                 log.error("tool %s: ack not delivered: %s", self.inst.name, e)
             except Exception:
                 log.exception("tool %s: delivering acks failed", self.inst.name)
-                self._stop.wait(1.0)
+                self._stop.wait(RETRY_SECS)
