@@ -150,7 +150,7 @@ def settings() -> dict:
         "broker_connection_retry_on_startup": True,
         # Worker logs are read by operators: one line per task is enough.
         "worker_hijack_root_logger": False,
-        # The sweep (spec §5): re-queues lost result fetches, expires unused tokens and attempts.
+        # The sweep (docs/api.md §5): re-queues lost result fetches, expires unused tokens and attempts.
         "beat_schedule": {
             "toolcall-sweep": {
                 "task": "toolcall.sweep",

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/aterm_bench.py
 
-Payload (spec §7): 10,000 terms item(I,"name-I",[a,b,c],I.5) against json of the equivalent
+Payload (docs/toolbus.md §7): 10,000 terms item(I,"name-I",[a,b,c],I.5) against json of the equivalent
 [["item",I,"name-I",["a","b","c"],I.5], ...]. Ours and the baseline run alternately, 15 times; the
 ratio is the median of the per-run ratios (the time of equal content, not MB/s: the JSON text is
 longer). Tool calls: medians over thousands of calls after a warm-up.

@@ -1,4 +1,4 @@
-"""Bus.eval against a bare Celery task, in one run, on the same broker (spec §7, "Eval overhead").
+"""Bus.eval against a bare Celery task, in one run, on the same broker (docs/toolbus.md §7, "Eval overhead").
 
     .venv/bin/python bench/eval_vs_celery.py
 

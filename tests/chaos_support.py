@@ -501,7 +501,7 @@ class Storm:
 
     def _attempts(self) -> list[str]:
         """One attempt per user in start-data-sent (the vendor has its start data); the vendor holds
-        a valid result (spec §4) for each, under a result token of its own."""
+        a valid result (docs/api.md §4) for each, under a result token of its own."""
         bodies: dict[str, bytes] = {}
         with self.db.session() as session:
             client = Client(

@@ -97,7 +97,7 @@ class Portal:
 
     def begin(self, vendor: Vendor, secret: str | None = None) -> Attempt:
         """An attempt whose start data the vendor has fetched (``start-data-sent``), authenticating
-        with ``secret`` if given (spec §3)."""
+        with ``secret`` if given (docs/api.md §3)."""
         toolcall_id, token = self.start_attempt(vendor)
         target = f"/fetch-token/?access_token={token}"
         headers = {}
@@ -186,7 +186,7 @@ class Portal:
 
 
 def result_body(attempt: Attempt, token: str, **data) -> dict:
-    """The result a vendor returns for ``attempt`` under its result token (spec §4)."""
+    """The result a vendor returns for ``attempt`` under its result token (docs/api.md §4)."""
     start = attempt.start
     return {
         "token": token,

@@ -154,7 +154,7 @@ def still_running(processes: dict[int, str]) -> list[int]:
     return running
 
 
-#: The happy path's log of a ToolCall, as spec §6 gives it (written out here, not taken from the code
+#: The happy path's log of a ToolCall, as docs/api.md §6 gives it (written out here, not taken from the code
 #: under test).
 HAPPY_LOG = [
     "initial",

@@ -1,4 +1,4 @@
-"""The vendor API v2 (spec §2, §3): discovery, start data, result tokens, errors."""
+"""The vendor API v2 (docs/api.md §2, §3): discovery, start data, result tokens, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec §1.3: deep nesting never hits Python's recursion limit -- a 100,000-deep term everywhere."""
+"""Spec docs/toolbus.md §1.3: deep nesting never hits Python's recursion limit -- a 100,000-deep term everywhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec §1.3 (term.match, make) and §1.4 (Environment: result variables)."""
+"""Spec docs/toolbus.md §1.3 (term.match, make) and docs/toolbus.md §1.4 (Environment: result variables)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from toolbus.aterm import Environment, make, parse, term
 P = parse
 
 # --------------------------------------------------------------------------------------------------
-# §1.3 examples, verbatim
+# docs/toolbus.md §1.3 examples, verbatim
 
 
 def test_spec_api_example():
@@ -551,7 +551,7 @@ def test_make_then_match_gives_back_the_arguments():
 
 
 # --------------------------------------------------------------------------------------------------
-# §1.4 Environment
+# docs/toolbus.md §1.4 Environment
 
 
 def test_spec_environment_example():

@@ -1,4 +1,4 @@
-"""Spec §1.2: canonical printing."""
+"""Spec docs/toolbus.md §1.2: canonical printing."""
 
 from __future__ import annotations
 

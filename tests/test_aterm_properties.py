@@ -1,4 +1,4 @@
-"""Properties of §1.1-§1.5 over arbitrary ATerms and arbitrary text (hypothesis)."""
+"""Properties of docs/toolbus.md §1.1-docs/toolbus.md §1.5 over arbitrary ATerms and arbitrary text (hypothesis)."""
 
 from __future__ import annotations
 

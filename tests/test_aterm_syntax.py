@@ -1,4 +1,4 @@
-"""Spec §1.1: the text syntax of ATerms, and the ParseError of §1.3 for everything outside it."""
+"""Spec docs/toolbus.md §1.1: the text syntax of ATerms, and the ParseError of docs/toolbus.md §1.3 for everything outside it."""
 
 from __future__ import annotations
 

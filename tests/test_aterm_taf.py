@@ -1,4 +1,4 @@
-"""Spec §1.5: the shared textual format (TAF)."""
+"""Spec docs/toolbus.md §1.5: the shared textual format (TAF)."""
 
 from __future__ import annotations
 

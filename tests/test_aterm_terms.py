@@ -1,4 +1,4 @@
-"""Spec §1.3: terms are structurally equal (annotations included), hashable and immutable."""
+"""Spec docs/toolbus.md §1.3: terms are structurally equal (annotations included), hashable and immutable."""
 
 from __future__ import annotations
 

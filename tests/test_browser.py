@@ -2,7 +2,7 @@
 
 The portal (gunicorn), the demo vendor and a ``callbacks`` worker run as processes of their own
 (``browser_support.running_system``); headless Chromium, driven by Playwright, plays the candidate
-and then the operator, only through what the pages show: forms, buttons and links (spec §1, §6).
+and then the operator, only through what the pages show: forms, buttons and links (docs/api.md §1, §6).
 
 Every step leaves a full-page screenshot in ``test-artifacts/browser/`` at the repository root, for
 a person to look at when the test fails, and for the documentation's pictures.

@@ -1,6 +1,6 @@
 """The example tool written in C (examples/tools/c/strtool.c), run as a real process.
 
-The test plays the bus: it listens on an ephemeral loopback port, starts the tool with the §5 command
+The test plays the bus: it listens on an ephemeral loopback port, starts the tool with the docs/toolbus.md §5 command
 line and drives the connection with ``toolbus.wire.BusSide``.
 """
 
@@ -185,7 +185,7 @@ def test_reverse_every_escape(ready):
     decoded = "q\"b\\n\nt\tr\rb\bf\fa'oA\x00\x7f\xe9\x1bz"
     value = ready.eval(call, raw=True)
     assert value.name == decoded[::-1]
-    # The answer must be canonical text: the escapes of §1.2, octal for other controls, 'é' raw.
+    # The answer must be canonical text: the escapes of docs/toolbus.md §1.2, octal for other controls, 'é' raw.
     assert bytes(ready.received).endswith(
         r"""snd-value("z\033é\177\000Ao'a\ff\bb\rr\tt\nn\\b\"q")""".encode()
     )

@@ -26,7 +26,7 @@ chaos``); sizes are ``variant(fast, full)``. Findings and figures: docs/reliabil
    is in a statement or transaction.
 
 What "nothing lost" means, checked after every storm: every ToolCall has exactly one result row
-(none late), is ``finished-ok`` with exactly the happy path's log (spec §6), and every fetch record
+(none late), is ``finished-ok`` with exactly the happy path's log (docs/toolbus.md §6), and every fetch record
 is ``done``; every report got its 200.
 
 Every process, Redis server and database made here is removed again, also when a test fails.

@@ -1,5 +1,5 @@
 """The demo vendor (examples/vendor) with the real portal: both run as HTTP servers on 127.0.0.1,
-pointing at each other, and a ``requests.Session`` plays the candidate's browser (spec §1–§5).
+pointing at each other, and a ``requests.Session`` plays the candidate's browser (docs/api.md §1–§5).
 
 The portal is ``webapp.create_app`` on a SQLite file of its own and Redis database 6, migrated and
 loaded with the demo data through its CLI; its client "testclient" is pointed at the vendor's real

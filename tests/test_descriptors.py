@@ -1,4 +1,4 @@
-"""Spec §3: tool descriptors (``tools.toml``) — loading, the descriptor's fields, and every problem reported."""
+"""Spec docs/toolbus.md §3: tool descriptors (``tools.toml``) — loading, the descriptor's fields, and every problem reported."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""External tools (spec §4, §5) as real processes speaking the wire protocol over loopback TCP.
+"""External tools (docs/toolbus.md §4, §5) as real processes speaking the wire protocol over loopback TCP.
 
 The tools: examples/tools/calc.py and clock.py through ``toolbus.adapter``, and the small tools in
 tests/tools/ that report on themselves (probe.py) or misbehave (exit_at_once.py, refuse.py,

@@ -434,7 +434,7 @@ def test_a_nul_in_a_form_field_or_a_url_is_a_400_on_postgresql(pg_portal, who, m
 
 
 def test_a_nul_in_a_vendor_api_parameter_gets_the_apis_own_answer_on_postgresql(pg_portal):
-    """The vendor API answers by its own table (spec §2): a NUL in a client name is an unknown client,
+    """The vendor API answers by its own table (docs/api.md §2): a NUL in a client name is an unknown client,
     in a token an invalid token."""
     client = pg_portal.test_client()
     cases = [

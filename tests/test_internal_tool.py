@@ -1,4 +1,4 @@
-"""Internal tools (spec §3, §4): Python objects inside the bus process, called by reflection.
+"""Internal tools (docs/toolbus.md §3, §4): Python objects inside the bus process, called by reflection.
 
 The tool classes below are declared in tools.toml files as ``<this module>:<Class>``; every test
 starts them through ``load_tools`` and ``start_tool`` as a deployment would.

@@ -1,4 +1,4 @@
-"""The ToolCall lifecycle (spec §6): one transition table, checked on every change, logged, safe
+"""The ToolCall lifecycle (docs/api.md §6): one transition table, checked on every change, logged, safe
 under concurrency. The database tests run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from webapp.lifecycle import (
 )
 from webapp.models import StatusCount, ToolCall, ToolCallLog
 
-#: The statuses, with the original's names (spec §6).
+#: The statuses, with the original's names (docs/api.md §6).
 STATUSES = [
     "initial",
     "start-tk-sent",
@@ -43,7 +43,7 @@ STATUSES = [
     "finished-err",
 ]
 
-#: The spec's §6 table, row by row (not taken from the code's table).
+#: The docs/api.md §6 table, row by row (not taken from the code's table).
 ALLOWED = {
     ("initial", "start-tk-sent"),
     ("start-tk-sent", "start-data-sent"),

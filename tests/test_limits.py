@@ -1,4 +1,4 @@
-"""Rate limits (spec §3): login per (address, username) and per address; the vendor API per address;
+"""Rate limits (docs/api.md §3): login per (address, username) and per address; the vendor API per address;
 result fetches made owed by ``/result/``, per address and per client."""
 
 from __future__ import annotations

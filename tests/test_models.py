@@ -1,4 +1,4 @@
-"""The data model (spec §7, §3): the migrations make the spec's tables, result fetches are unique
+"""The data model (docs/api.md §7, §3): the migrations make the API's tables, result fetches are unique
 per (client, token), users get a pseudonymous persnr and hashed passwords. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from webapp.db import MIGRATIONS, Database
 from webapp.models import Base, ResultFetch, ToolCall, User, utcnow
 
-#: The tables of §7 with the columns the spec names (more are allowed), and the users table.
+#: The tables of §7 with the columns the API names (more are allowed), and the users table.
 SPEC_TABLES = {
     "toolcall_client": {"name", "receive_start_token_url", "receive_result_token_url", "secret"},
     "toolcall_tool": {"client_id", "slug", "name", "description", "icon", "restartable", "deadline_minutes"},

@@ -5,7 +5,7 @@ endpoints as they answer.
 Structure is checked by walking the document against the rules of OpenAPI 3.1 that matter for it
 (the fields each object must have, status codes, parameter locations, security requirements naming
 schemes that exist, unique operation ids) and by resolving every ``$ref``. Completeness is checked
-against the spec (toolcall-api-v2, copied below: its endpoints and its error table, §2)
+against the spec (toolcall-api-v2, copied below: its endpoints and its error table, docs/api.md §2)
 and against the code (every code ``webapp.errors`` can put in the envelope). Truth is checked by
 asking the portal: each error a real request can provoke, and each success, must be a documented
 status, media type and error code, and the body must validate against the documented schema.
@@ -48,7 +48,7 @@ METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 SECRET = "the vendor's secret"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
-# From the API spec (toolcall-api-v2 §2), written out here: the spec lives outside the repository,
+# From the API spec (toolcall-api-v2 docs/api.md §2), written out here: the spec lives outside the repository,
 # and a test must not pass because the code agrees with itself.
 #: The endpoints the spec fixes.
 SPEC_PATHS = {"/.api/toolcall/v2/", "/fetch-token/", "/result/"}

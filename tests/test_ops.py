@@ -1,5 +1,5 @@
 """The operator's pages (admins only): dashboard (with its chart of attempts, on SQLite and
-PostgreSQL), ToolCalls, result fetches and their retry, clients and tools (spec §5-§8), and the
+PostgreSQL), ToolCalls, result fetches and their retry, clients and tools (docs/api.md §5-§8), and the
 navigation (Flower). The ToolBus page against real workers: tests/test_ops_toolbus.py."""
 
 from __future__ import annotations
@@ -973,7 +973,7 @@ def test_the_tool_list_shows_each_tools_client_and_settings(ops):
 
 
 def test_the_log_rows_come_from_the_lifecycle_only(ops):
-    """The ops pages read the log; they never write it (spec §6: nothing else goes into that table)."""
+    """The ops pages read the log; they never write it (docs/api.md §6: nothing else goes into that table)."""
     toolcall_id = new_toolcall(ops, [Status.START_TK_SENT])
     fetch_id = new_fetch(ops, state="failed", toolcall_id=toolcall_id)
     client = logged_in(ops, *OPERATOR)

@@ -1,4 +1,4 @@
-"""Outbound HTTP: what a call through ``get`` comes to, against a real server on 127.0.0.1 (spec §5).
+"""Outbound HTTP: what a call through ``get`` comes to, against a real server on 127.0.0.1 (docs/api.md §5).
 
 The result fetch's defences end to end (time budget, drips, size, redirects, production refusals)
 are in test_vendor_client.py; connect-time address checks against a scripted resolver in

@@ -1,4 +1,4 @@
-"""The user's side of the portal: logging in, the tools, starting an attempt (spec §1)."""
+"""The user's side of the portal: logging in, the tools, starting an attempt (docs/api.md §1)."""
 
 from __future__ import annotations
 

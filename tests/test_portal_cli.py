@@ -1,4 +1,4 @@
-"""Administration and configuration (spec §8, §3): the CLI commands on an app with its own config,
+"""Administration and configuration (docs/api.md §8, §3): the CLI commands on an app with its own config,
 and the settings' rules for the secret key."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The queued result fetch, end to end (spec §1.5, §4, §5, §6): portal, real worker, vendor stub.
+"""The queued result fetch, end to end (docs/api.md §1.5, §4, §5, §6): portal, real worker, vendor stub.
 
 Each backend gets one real ``callbacks`` worker for the whole module (the Procfile's line, thread
 pool), on the module's database (a SQLite file; a PostgreSQL schema for the few tests marked so)

@@ -1,4 +1,4 @@
-"""The portal's defences, each proved against the real thing (spec §1, §3, §5, §8, §9).
+"""The portal's defences, each proved against the real thing (docs/api.md §1, §3, §5, §8, §9).
 
 - **CSRF** on every route that changes state: the app's URL map is walked, so a new POST route is
   covered (or this fails until it is classified). The vendor API takes no forms -- it is GET only,

@@ -1,4 +1,4 @@
-"""Spec §2: function signatures — reading them, the types, the bus's checks and the Python conversions."""
+"""Spec docs/toolbus.md §2: function signatures — reading them, the types, the bus's checks and the Python conversions."""
 
 from __future__ import annotations
 

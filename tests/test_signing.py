@@ -1,4 +1,4 @@
-"""The ``system`` reference (spec §3): ``<ToolCall id>:<signature>``, HMAC-SHA256 with itsdangerous,
+"""The ``system`` reference (docs/api.md §3): ``<ToolCall id>:<signature>``, HMAC-SHA256 with itsdangerous,
 verified under the current key or a fallback key; anything else verifies as None."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ OLD_KEY = "the key before the rotation"
 
 
 def spec_signer(key: str) -> Signer:
-    """The signer the spec describes, built independently of the portal's code."""
+    """The signer docs/api.md §3 describes, built independently of the portal's code."""
     return Signer(key, salt="toolcall.system", sep=":", digest_method=hashlib.sha256)
 
 

@@ -1,4 +1,4 @@
-"""Start tokens (spec §3): 256 random bits, URL-safe, kept in Redis with a TTL, used up atomically."""
+"""Start tokens (docs/api.md §3): 256 random bits, URL-safe, kept in Redis with a TTL, used up atomically."""
 
 from __future__ import annotations
 

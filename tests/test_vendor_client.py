@@ -1,4 +1,4 @@
-"""The vendor client against real HTTP servers on 127.0.0.1 (spec §3–§5).
+"""The vendor client against real HTTP servers on 127.0.0.1 (docs/api.md §3–§5).
 
 Every vendor here is a ``ThreadingHTTPServer`` on an ephemeral port with a per-test handler; nothing
 is mocked and no traffic leaves 127.0.0.1. Servers that must stall wait on an event that the fixture

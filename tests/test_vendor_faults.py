@@ -1,7 +1,7 @@
-"""What a result fetch comes to when the vendor misbehaves (spec §4, §5): one table, ``FAULTS``.
+"""What a result fetch comes to when the vendor misbehaves (docs/api.md §4, §5): one table, ``FAULTS``.
 
 Each row is a vendor fault: what the vendor's result URL does, request by request (the last answer
-repeats), and what the spec says follows -- the fetch's final state, the ToolCall's final status,
+repeats), and what docs/api.md says follows -- the fetch's final state, the ToolCall's final status,
 how many attempts the fetch makes (each one recorded on the fetch record and seen by the vendor),
 and the reason recorded for it. Retryable faults are followed by a valid result, so a row shows
 both that the fault was retried and that the retry was then the last one; faults below HTTP
@@ -10,7 +10,7 @@ both that the fault was retried and that the retry was then the last one; faults
 Everything is real: the portal (Flask's test client) and one ``callbacks`` worker process on a
 SQLite file and Redis database 1 of the tests' Redis (``TOOLCALL_TEST_REDIS``; the other test modules use
 3-6 and 8-15, the benchmarks 2 and 7), and a ``BadVendor`` on 127.0.0.1 (tests/bad_vendor.py).
-The portal's timeouts are the spec's (5 s to connect, 15 s for a whole response): they are not
+The portal's timeouts are the API's (docs/api.md §5) (5 s to connect, 15 s for a whole response): they are not
 settings, so the rows that wait for them run side by side -- every selected row starts when the
 module does, on a pool of threads, and each test waits for its own row. The whole table takes
 about as long as its slowest row.

@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures: the portal's signing and the vendor's check (spec §5).
+"""Standard Webhooks signatures: the portal's signing and the vendor's check (docs/api.md §5).
 
 The signed fetch itself, against a real server, is in test_vendor_client.py.
 """

@@ -1,4 +1,4 @@
-"""The sans-IO wire protocol (spec §5): framing, messages and the bus's state table. No sockets here."""
+"""The sans-IO wire protocol (docs/toolbus.md §5): framing, messages and the bus's state table. No sockets here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Calls through Celery (spec §6): eval, do, eval_many, errors at the caller, signature checks on
+"""Calls through Celery (docs/toolbus.md §6): eval, do, eval_many, errors at the caller, signature checks on
 both sides, many concurrent callers, and the ``python -m worker`` command line.
 
 One launcher (Redis db 8) serves the whole module: the shared worker runs the internal tools and the

@@ -1,4 +1,4 @@
-"""Events and acks through the Celery layer (spec §6): ``get_event`` leases the earliest matching
+"""Events and acks through the Celery layer (docs/toolbus.md §6): ``get_event`` leases the earliest matching
 event, an event not acked within its lease is offered again with the same id, one unacknowledged
 event per symbol per instance, and an ack for an instance that is gone is a ``TransactionError``.
 

@@ -1,4 +1,4 @@
-"""Host groups (spec §6): ``python -m worker tools --host G`` runs the tools pinned to G plus every
+"""Host groups (docs/toolbus.md §6): ``python -m worker tools --host G`` runs the tools pinned to G plus every
 internal tool, so a tool pinned to one group never runs in the other.
 
 Two launchers, groups ``alpha`` and ``beta``, share one broker (Redis db 12).

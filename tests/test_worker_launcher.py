@@ -1,4 +1,4 @@
-"""The launcher, ``python -m worker tools`` (spec §6): it supervises its workers -- a worker that dies
+"""The launcher, ``python -m worker tools`` (docs/toolbus.md §6): it supervises its workers -- a worker that dies
 is restarted and serves again -- and SIGTERM or SIGINT stops every worker and every tool process
 before it exits.
 

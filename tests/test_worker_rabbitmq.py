@@ -1,4 +1,4 @@
-"""The broker is swappable (spec §6): the core of the worker suite with RabbitMQ as the Celery broker
+"""The broker is swappable (docs/toolbus.md §6): the core of the worker suite with RabbitMQ as the Celery broker
 (results and events stay in Redis, db 13).
 
 Without RabbitMQ (at 127.0.0.1:5672, or TOOLCALL_TEST_RABBITMQ_URL) these tests are skipped on a workstation and fail in CI

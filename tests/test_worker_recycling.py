@@ -1,4 +1,4 @@
-"""Restart by worker recycling (spec §6): a tool with ``restart_frequency = N`` has a worker of its
+"""Restart by worker recycling (docs/toolbus.md §6): a tool with ``restart_frequency = N`` has a worker of its
 own whose child serves at most N tasks and is replaced together with its tool instance; eval_many
 ships at most N calls per task; a child killed mid-call is ``ToolCrashed`` at the caller at once.
 

@@ -44,7 +44,7 @@ __all__ = [
     "write_taf",
 ]
 
-#: Deepest nesting the parser accepts. Far beyond any real term (the spec asks for 100,000), and it
+#: Deepest nesting the parser accepts. Far beyond any real term (docs/toolbus.md asks for 100,000), and it
 #: bounds the memory a hostile input such as megabytes of ``[`` can make the parser use.
 MAX_DEPTH = 1_000_000
 
@@ -1174,7 +1174,7 @@ def _strip_enter(node: ATerm):
 def make(pattern: ATerm | str, *args: Any) -> ATerm:
     """Build a term from a pattern, each placeholder in order taking one argument.
 
-    ``make('f(<int>,<term>)', 3, parse('a')) == parse('f(3,a)')``. See the spec's table for what each
+    ``make('f(<int>,<term>)', 3, parse('a')) == parse('f(3,a)')``. See the table of docs/toolbus.md §1.3 for what each
     placeholder takes. A wrong count or type, or an unknown placeholder, is a TypeError.
     """
     supply = iter(args)

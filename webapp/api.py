@@ -38,7 +38,7 @@ from webapp.tokens import StartTokens
 log = logging.getLogger("webapp.api")
 bp = Blueprint("api", __name__)
 
-#: A result token R: 1-255 printable ASCII characters (spec §2).
+#: A result token R: 1-255 printable ASCII characters (docs/api.md §2).
 RESULT_TOKEN = re.compile(r"[\x20-\x7e]{1,255}")
 #: Start tokens are ours: URL-safe base64 of 256 bits.
 START_TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")

@@ -1,4 +1,4 @@
-"""Flask CLI commands of the portal (names fixed by the API spec §8)::
+"""Flask CLI commands of the portal (names fixed by the docs/api.md §8)::
 
     flask --app webapp init-db
     flask --app webapp load-demo

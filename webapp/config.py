@@ -130,7 +130,7 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         # message is harmless, the task claims the fetch first).
         "TOOLCALL_REQUEUE_GRACE_SECS": seconds("TOOLCALL_REQUEUE_GRACE_SECS", 30, zero=True),
         "TOOLCALL_FETCH_GIVE_UP_SECS": seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
-        # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (spec §5: 5 s).
+        # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (docs/api.md §5: 5 s).
         "TOOLCALL_FETCH_BACKOFF_BASE_SECS": seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
         # The most one sweep run queues, and ends of each kind of stale attempt.
         "TOOLCALL_SWEEP_BATCH": whole_number("TOOLCALL_SWEEP_BATCH", 2000, least=1),

@@ -15,7 +15,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-#: code -> HTTP status (spec §2).
+#: code -> HTTP status (docs/api.md §2).
 STATUS = {
     "missing-token": 400,
     "token-invalid": 401,

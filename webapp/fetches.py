@@ -70,7 +70,7 @@ NEAR_RETRY_SECS = 600
 EARLY_GRACE = timedelta(minutes=10)
 #: Kept of a body on the fetch record, for inspection.
 KEPT_BODY = 64 * 1024
-#: The retry delay's base (spec §5: 5 s; ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``) and its ceiling.
+#: The retry delay's base (docs/api.md §5: 5 s; ``TOOLCALL_FETCH_BACKOFF_BASE_SECS``) and its ceiling.
 RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
 #: How many times in a row a decision that another process's change to the ToolCall spoiled is made
@@ -291,7 +291,7 @@ def attempt(db: Database, fetch_id: int, config: dict) -> Decision:
             client.result_url,
             claimed.token,
             client_secret=client.secret,
-            webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (spec §5)
+            webhook_id=str(fetch_id),  # the fetch record's id: stable across retries (docs/api.md §5)
             production=config["TOOLCALL_PRODUCTION"],
             within_grace=utcnow() - claimed.reported_at < EARLY_GRACE,
         )
@@ -478,7 +478,7 @@ def _store(db: Connection, claimed: Claim, body: bytes, config: dict) -> Decisio
 
 
 def is_late(db: Connection | Session, toolcall: Attributed) -> bool:
-    """Whether a result for ``toolcall`` is late (spec §6): the attempt had ended before it came --
+    """Whether a result for ``toolcall`` is late (docs/api.md §6): the attempt had ended before it came --
     finished-ok, or finished-err because it was superseded, its start token expired or it timed
     out. An attempt that ended only because its result was invalid (``result-received-err``) and
     gets a result again (the vendor reported again, or an operator retried) is not late."""

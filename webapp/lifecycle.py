@@ -1,6 +1,6 @@
 """The ToolCall lifecycle: one transition table, checked on every change.
 
-Rules (spec §6):
+Rules (docs/api.md §6):
 
 - A ToolCall is created in ``initial`` (``create``); every later status change goes through
   ``advance`` below.

@@ -1,4 +1,4 @@
-"""Outbound HTTP: how the portal calls a URL that somebody else registered (spec §5).
+"""Outbound HTTP: how the portal calls a URL that somebody else registered (docs/api.md §5).
 
 The result fetch (``webapp.vendor_client``) is such a call, and any later one goes through ``get``
 too, because this module is where the portal defends itself against such a URL:

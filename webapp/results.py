@@ -1,4 +1,4 @@
-"""Result data from a vendor (spec §4): which ToolCall it is for, and whether it is valid.
+"""Result data from a vendor (docs/api.md §4): which ToolCall it is for, and whether it is valid.
 
 Two steps, because they fail differently:
 

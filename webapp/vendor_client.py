@@ -1,4 +1,4 @@
-"""The portal's client for fetching a result from a vendor (server to server), spec §3–§5.
+"""The portal's client for fetching a result from a vendor (server to server), docs/api.md §3–§5.
 
 The fetch goes through ``webapp.outbound``, which holds the portal's defences against a URL that
 somebody else registered (the time budget, the size cap, no redirects, the production address
@@ -103,7 +103,7 @@ def fetch_result(
     connect_timeout: float = CONNECT_TIMEOUT,
     total_timeout: float = TOTAL_TIMEOUT,
 ) -> FetchOutcome:
-    """GET the vendor's result for ``token`` from ``url`` and classify the answer (spec §5).
+    """GET the vendor's result for ``token`` from ``url`` and classify the answer (docs/api.md §5).
 
     ``within_grace`` is true during the first 10 minutes after the vendor reported the result: only
     then are 404, 409 and 425 worth retrying. ``webhook_id`` is the fetch record's id (stable across

@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures on the portal's calls to vendors (spec §5).
+"""Standard Webhooks signatures on the portal's calls to vendors (docs/api.md §5).
 
 When a client has a secret, the result fetch carries Standard Webhooks headers (``webhook-id``,
 ``webhook-timestamp``, ``webhook-signature``) so the vendor can tell the portal from anyone else
@@ -8,7 +8,7 @@ The fetch is a GET without a body, so what is signed as its payload is the token
 ``fetch_payload(R)``, the JSON text ``{"access_token":"<R>"}`` without whitespace. The vendor
 rebuilds it from the request's query and verifies it as the body (any Standard Webhooks library
 does, given it), so a signature captured from one fetch opens no other result. R is printable ASCII
-(spec §2), of which JSON escapes only ``"`` and ``\\`` (as ``\\"`` and ``\\\\``): Python's ``json.dumps``
+(docs/api.md §2), of which JSON escapes only ``"`` and ``\\`` (as ``\\"`` and ``\\\\``): Python's ``json.dumps``
 and JavaScript's ``JSON.stringify`` write exactly that; Go's ``json.Marshal`` also escapes ``<``,
 ``>`` and ``&`` unless told not to (``SetEscapeHTML(false)``), PHP's ``json_encode`` also ``/``
 (``JSON_UNESCAPED_SLASHES``).

@@ -1,4 +1,4 @@
-"""The demo vendor's web app: receives start tokens, runs the exam, serves results (spec §1).
+"""The demo vendor's web app: receives start tokens, runs the exam, serves results (docs/api.md §1).
 
     GET  /start/?access_token=T        the user arrives from the portal; we fetch the start data
     GET  /exam/                        the exam (the start data is kept server-side, see store.py)
@@ -162,7 +162,7 @@ def submit_exam():
 
 
 def result_body(attempt: Attempt, token: str, answers) -> str:
-    """The result data of spec §4, as the JSON text we will serve at /result-data/."""
+    """The result data of docs/api.md §4, as the JSON text we will serve at /result-data/."""
     start = attempt.start_data
     points = exam.score(answers)
     return json.dumps(
@@ -200,5 +200,5 @@ def result_data():
 
 
 def api_error(code: str, msg: str, token: str | None, status: int):
-    """The portal's error envelope (spec §2), for the portal's benefit when it reads our answers."""
+    """The portal's error envelope (docs/api.md §2), for the portal's benefit when it reads our answers."""
     return jsonify({"type": "error", "token": token, "data": {"error": code, "msg": msg}}), status

@@ -1,4 +1,4 @@
-"""Our calls to the toolcall portal, server to server (spec §2 and §3).
+"""Our calls to the toolcall portal, server to server (docs/api.md §2 and §3).
 
     GET <portal>/fetch-token/?access_token=T             the start data (T is used up)
     GET <portal>/result/?access_token=R&client=NAME      "the result R is ready: fetch it"
@@ -44,7 +44,7 @@ class Portal:
         return f"{self.url.rstrip('/')}/{path}?{urlencode(params, quote_via=quote)}"
 
     def fetch_start_data(self, token: str) -> dict:
-        """The start data for start token ``token`` (spec §2: its ``data`` object)."""
+        """The start data for start token ``token`` (docs/api.md §2: its ``data`` object)."""
         response = self._get(self.endpoint("fetch-token/", access_token=token), authenticate=True)
         body = _json(response)
         if response.status_code != 200:
@@ -90,7 +90,7 @@ def _json(response: requests.Response) -> dict:
 
 
 def _refusal(response: requests.Response, body: dict) -> PortalError:
-    """The portal's error envelope (spec §2) as a PortalError with the portal's status."""
+    """The portal's error envelope (docs/api.md §2) as a PortalError with the portal's status."""
     data = body.get("data") if isinstance(body.get("data"), dict) else {}
     code, msg = data.get("error"), data.get("msg")
     status = response.status_code if 400 <= response.status_code < 500 else 502

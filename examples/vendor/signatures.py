@@ -1,4 +1,4 @@
-"""The two HMACs of the toolcall API, seen from the vendor's side (spec §3 and §5).
+"""The two HMACs of the toolcall API, seen from the vendor's side (docs/api.md §3 and §5).
 
 - **Ours**, on the portal's ``/fetch-token/`` when we have a client secret:
   ``X-Toolcall-Auth: <client name> <unix seconds> <hex HMAC-SHA256(secret, "<seconds>\\n<METHOD>\\n<path?query>")>``,
