@@ -38,14 +38,11 @@ from __future__ import annotations
 
 import errno
 import functools
-import heapq
 import ipaddress
-import itertools
 import os
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -58,6 +55,8 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+from webapp.deadlines import Deadline
 
 __all__ = [
     "ERROR_BODY_BYTES",
@@ -200,7 +199,7 @@ def get(
     # call, no proxies or .netrc from the environment (a proxy would make the connect-time check
     # meaningless), no redirects, and less work per call.
     adapter = _adapter(production)
-    with _Deadline(total_timeout) as deadline:
+    with Deadline(total_timeout) as deadline:
         _in_thread.deadline = deadline
         try:
             try:
@@ -230,7 +229,7 @@ def _send(
     url: str,
     headers: Mapping[str, str],
     timeout: tuple[float, float],
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> requests.Response:
     """Send the GET; a kept connection that the vendor had closed is replaced once (see the module)."""
     request = requests.Request("GET", url, headers=headers).prepare()
@@ -244,7 +243,7 @@ def _send(
     return adapter.send(request, stream=True, timeout=timeout)
 
 
-def _lost_kept_connection(exc: requests.RequestException, deadline: _Deadline) -> bool:
+def _lost_kept_connection(exc: requests.RequestException, deadline: Deadline) -> bool:
     """Whether the request failed because a kept connection had been closed by the vendor (an idle
     keep-alive connection may be closed at any moment, also just as a request goes out): the one
     failure that is tried again at once, on a new connection, within the same deadline. The GET is
@@ -257,7 +256,7 @@ def _lost_kept_connection(exc: requests.RequestException, deadline: _Deadline) -
     )
 
 
-def _read_response(response: requests.Response, url: str, deadline: _Deadline, max_bytes: int) -> Response:
+def _read_response(response: requests.Response, url: str, deadline: Deadline, max_bytes: int) -> Response:
     status = response.status_code
 
     if 300 <= status < 400:
@@ -321,7 +320,7 @@ def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
 
 
 def _request_failed(
-    exc: requests.RequestException, deadline: _Deadline, connect_timeout: float
+    exc: requests.RequestException, deadline: Deadline, connect_timeout: float
 ) -> OutboundError:
     """What a request that got no answer came to."""
     forbidden = _find_cause(exc, ForbiddenAddress)
@@ -449,118 +448,14 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
-# --- Deadline and guarded connections ---------------------------------------------------------------
-
-
-class _Deadline:
-    """The total time budget of one request, enforced by shutting its sockets down when spent.
-
-    Shutting a socket down (rather than closing it) wakes a thread blocked reading it, whatever
-    layer the read is in (http.client's status line, TLS, the body), and is safe from another
-    thread. Each socket is tracked through a duplicate of its descriptor: the duplicate stays valid
-    even after the TLS layer takes the original over, and cannot be reused for another connection
-    before the ``with`` block ends and closes it. The clock is kept by the process's one
-    ``_Watchdog`` thread.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._started_at = self.ends_at = 0.0  # set when the clock starts, in __enter__
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._expired = False
-        self.stopped = False
-
-    def __enter__(self) -> _Deadline:
-        self._started_at = time.monotonic()
-        self.ends_at = self._started_at + self.seconds
-        _watchdog.watch(self)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self.stopped = True
-            for sock in self._sockets:
-                sock.close()
-            self._sockets.clear()
-
-    @property
-    def expired(self) -> bool:
-        return self._expired
-
-    def remaining(self) -> float:
-        return max(0.0, self.ends_at - time.monotonic())
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self._started_at
-
-    def track(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self.stopped:
-                return
-            # fromfd duplicates the descriptor; unlike sock.dup() it also works on a TLS socket (a
-            # kept connection is tracked again by each call that reuses it).
-            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
-            self._sockets.append(duplicate)
-            if self._expired:
-                _shutdown(duplicate)
-
-    def expire(self) -> None:
-        with self._lock:
-            if self.stopped:
-                return
-            self._expired = True
-            for sock in self._sockets:
-                _shutdown(sock)
-
-
-class _Watchdog:
-    """Expires the deadlines of every call of the process, from one thread.
-
-    A ``threading.Timer`` per call cost a thread start, and a wake-up to cancel it, on every fetch:
-    a measurable part of the callbacks worker's CPU (docs/portal-performance.md). This thread sleeps
-    until the earliest deadline still running; a finished call only marks its deadline stopped,
-    and the thread drops it when it comes to the top.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._due: list[tuple[float, int, _Deadline]] = []  # a heap by end time
-        self._order = itertools.count()  # ties: never compare two deadlines
-        self._thread: threading.Thread | None = None
-
-    def watch(self, deadline: _Deadline) -> None:
-        with self._condition:
-            heapq.heappush(self._due, (deadline.ends_at, next(self._order), deadline))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="vendor-fetch-deadlines", daemon=True)
-                self._thread.start()
-            elif self._due[0][2] is deadline:
-                self._condition.notify()  # it sleeps until a later end
-
-    def _run(self) -> None:
-        with self._condition:
-            while True:
-                while self._due and self._due[0][2].stopped:
-                    heapq.heappop(self._due)
-                if not self._due:
-                    self._condition.wait()
-                    continue
-                wait = self._due[0][0] - time.monotonic()
-                if wait > 0:
-                    self._condition.wait(wait)
-                    continue
-                heapq.heappop(self._due)[2].expire()
-
-
-_watchdog = _Watchdog()
+# --- Guarded connections ---------------------------------------------------------------
 
 
 class _InThread(threading.local):
     """The call under way in this thread, and the adapters (with their kept connections) of the
     thread: a thread makes one call at a time, so its connections are only ever used by it."""
 
-    deadline: _Deadline | None = None
+    deadline: Deadline | None = None
     reused = False  # whether the request went out on a connection kept from an earlier call
 
     def __init__(self) -> None:
@@ -571,27 +466,19 @@ _in_thread = _InThread()
 
 
 def _after_fork_in_child() -> None:
-    # The watchdog thread and the parent's connections do not belong to a forked child.
-    global _watchdog, _in_thread
-    _watchdog = _Watchdog()
+    # The parent's connections do not belong to a forked child.
+    global _in_thread
     _in_thread = _InThread()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _current_deadline() -> _Deadline:
+def _current_deadline() -> Deadline:
     deadline = _in_thread.deadline
     if deadline is None:
         raise RuntimeError("a guarded connection is only used inside outbound.get")
     return deadline
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already disconnected: nothing left to interrupt
 
 
 class _GuardedConnectionMixin:
@@ -604,7 +491,7 @@ class _GuardedConnectionMixin:
 
     production: bool
     #: The deadline this connection's socket is tracked by (it is tracked again when kept and reused).
-    _tracked_by: _Deadline | None = None
+    _tracked_by: Deadline | None = None
 
     # Attributes provided by urllib3's HTTPConnection.
     _dns_host: str
