@@ -438,16 +438,9 @@ def _store(db: Connection, claimed: Claim, body: bytes, config: dict) -> Decisio
     late = is_late(db, toolcall)
     # The ToolCall's transitions, made at the end as one change: none when it is finished-ok
     # already (a late result changes no state).
-    steps: list[tuple[Status, str]] = []
-    if toolcall.status != Status.FINISHED_OK:
-        again = toolcall.status == Status.FINISHED_ERR and not late
-        steps.append(
-            (
-                Status.RESULT_TK_RECEIVED,
-                f"result token {claimed.token!r} from {claimed.client.name}"
-                + (" (late)" if late else " (again)" if again else ""),
-            )
-        )
+    steps = lifecycle.received(
+        toolcall.status, late, f"result token {claimed.token!r} from {claimed.client.name}"
+    )
     try:
         fields = validate(document, claimed.token, persnr=toolcall.persnr, slug=toolcall.slug)
     except InvalidResult as e:

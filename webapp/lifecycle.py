@@ -190,6 +190,16 @@ def advance(db: Session | Connection, toolcall: Attempt, *steps: tuple[Status | 
     return final
 
 
+def received(current: str, late: bool, details: str) -> list[tuple[Status, str]]:
+    """The first step of a result arriving for an attempt in ``current`` (an API v2 result, an LTI
+    score): none when the attempt finished ok already (a late result changes no state); its details
+    end in "(late)" for a late result, "(again)" for a failed attempt's result fetched again."""
+    if current == Status.FINISHED_OK:
+        return []
+    again = current == Status.FINISHED_ERR and not late
+    return [(Status.RESULT_TK_RECEIVED, details + (" (late)" if late else " (again)" if again else ""))]
+
+
 def _path(current: str, steps: Sequence[tuple[Status | str, str]]) -> list[tuple[Status, str]]:
     """The steps, each checked against the one before, with ``finished-err`` after an error state."""
     path: list[tuple[Status, str]] = []

@@ -276,16 +276,13 @@ def _finish(session, registration, item, toolcall: ToolCall, user: User, score: 
     late = is_late(session, toolcall)
     given, maximum = fields.get("scoreGiven"), fields.get("scoreMaximum")
     shown = f"{given:g}/{maximum:g}" if given is not None else "no score"
-    steps: list[tuple[Status, str]] = []
-    if toolcall.status != Status.FINISHED_OK:
-        again = toolcall.status == Status.FINISHED_ERR and not late
-        steps.append(
-            (
-                Status.RESULT_TK_RECEIVED,
-                f"AGS score {score.id} from {registration.client.name}: {shown}, FullyGraded, timestamp "
-                f"{fields['timestampText']}" + (" (late)" if late else " (again)" if again else ""),
-            )
-        )
+    steps = lifecycle.received(
+        toolcall.status,
+        late,
+        f"AGS score {score.id} from {registration.client.name}: {shown}, FullyGraded, timestamp "
+        f"{fields['timestampText']}",
+    )
+    if steps:
         steps += [
             (Status.RESULT_RECEIVED_OK, "score valid"),
             (Status.RESULT_SAVED, "score stored as the result" + (" (late)" if late else "")),
