@@ -22,7 +22,7 @@ from worker.app import make_app
 def create_app(config: dict | None = None) -> Flask:
     # The views and commands are imported here, as the Flask tutorial does: importing a domain
     # module (a Celery worker does) never loads the web layer.
-    from webapp import api, auth, cli, ops, portal
+    from webapp import api, auth, cli, metrics, ops, portal
     from webapp.errors import too_many_requests
     from webapp.limits import limiter
 
@@ -55,6 +55,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(portal.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(metrics.bp)
     app.after_request(security_headers)
     cli.register(app)
     return app
