@@ -6,6 +6,9 @@ BENCH_SUMMARY), and the summary at the end puts them side by side: ours against 
 baseline, the ratio, the target, and whether it held.
 
     python bench/run_all.py [NAME ...]     # e.g. aterm_bench result_storm; default: all
+
+``volume`` runs its quick pair here (10k and 200k ToolCalls); the full 10k/1M run is
+``bench/volume.py`` alone (its seeding takes about ten minutes).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: In the order of the summary: the library, calls through Celery, the portal's two storms.
-BENCHMARKS = ("aterm_bench", "eval_vs_celery", "start_storm", "result_storm")
+#: In the order of the summary: the library, calls through Celery, the portal's storms, its volume.
+BENCHMARKS = ("aterm_bench", "eval_vs_celery", "start_storm", "result_storm", "exam_day", "volume")
+#: Arguments a benchmark gets here.
+ARGUMENTS = {"volume": ["--quick"]}
 
 
 def main(names: list[str]) -> int:
@@ -38,7 +43,8 @@ def main(names: list[str]) -> int:
         for name in names or BENCHMARKS:
             print(f"\n=== bench/{name}.py ===", flush=True)
             started = time.monotonic()
-            done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], env=env, cwd=ROOT)
+            argv = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *ARGUMENTS.get(name, [])]
+            done = subprocess.run(argv, env=env, cwd=ROOT)
             print(
                 f"=== bench/{name}.py: exit {done.returncode} after {time.monotonic() - started:.0f} s",
                 flush=True,

@@ -23,7 +23,7 @@ from worker.app import make_app
 def create_app(config: dict | None = None) -> Flask:
     # The views and commands are imported here, as the Flask tutorial does: importing a domain
     # module (a Celery worker does) never loads the web layer.
-    from webapp import api, auth, cli, inbound, ops, portal
+    from webapp import api, auth, cli, inbound, metrics, ops, portal
     from webapp.errors import http_error, too_many_requests
     from webapp.limits import limiter
     from webapp.lti import views as lti
@@ -63,6 +63,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     lti.register(app)
+    app.register_blueprint(metrics.bp)
     app.after_request(security_headers)
     cli.register(app)
     return app

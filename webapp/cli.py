@@ -7,6 +7,7 @@
     flask --app webapp tools add SLUG --client NAME --name TEXT [--description TEXT] [--deadline-minutes N] [--not-restartable]
           [--launch-url URL] [--custom KEY=VALUE]... [--score-maximum N]      (the last three: LTI tools only)
     flask --app webapp lti-tools add ..., lti-keys rotate                   (webapp/lti/cli.py)
+    flask --app webapp prune --older-than 365d [--bodies-older-than 30d] [--batch N] [--pause S] [--dry-run]
 
 Each command says what it saved; an error says what is missing and how to add it.
 """
@@ -21,7 +22,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from webapp import outbound
+from webapp import outbound, retention
 from webapp.lti import grades, registrations
 from webapp.lti.cli import COMMANDS as LTI_COMMANDS
 from webapp.models import Client, Exam, User
@@ -196,6 +197,46 @@ def tools_add(slug, client_name, name, description, deadline_minutes, not_restar
     click.echo(f"tool {slug} saved")
 
 
+class Age(click.ParamType):
+    name = "age"
+
+    def convert(self, value, param, ctx):
+        try:
+            return retention.parse_age(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+@click.command("prune")
+@click.option("--older-than", type=Age(), required=True, help="e.g. 365d: prune what is older than this")
+@click.option("--bodies-older-than", type=Age(), help="e.g. 30d: empty done fetches' kept bodies sooner")
+@click.option("--batch", type=click.IntRange(min=1), default=retention.BATCH, show_default=True)
+@click.option("--pause", type=click.FloatRange(min=0), default=0.0, help="seconds between batches")
+@click.option("--dry-run", is_flag=True, help="count what would be pruned; change nothing")
+@with_appcontext
+def prune(older_than, bodies_older_than, batch, pause, dry_run) -> None:
+    """Prune old log rows, finished result fetches and kept bodies (the retention policy,
+    docs/operating.md); stored results and ToolCalls are kept. Safe while the system runs."""
+    if older_than < retention.MINIMUM or (
+        bodies_older_than is not None and bodies_older_than < retention.MINIMUM
+    ):
+        raise click.BadParameter(
+            f"a cutoff must be at least {retention.MINIMUM.days} day (fetches retry that long)"
+        )
+
+    def progress(done: retention.Pruned) -> None:
+        if done.batches % 20 == 0:
+            click.echo(f"  ... {done.batches} batches: {done.log_rows} log rows, {done.fetches} fetches, "
+                       f"{done.bodies} bodies")  # fmt: skip
+
+    done = retention.prune(_db(), older_than, bodies_older_than, batch, pause, dry_run, progress=progress)
+    verb = "would prune" if dry_run else "pruned"
+    click.echo(
+        f"{verb} {done.log_rows} log rows, {done.fetches} finished result fetches and {done.bodies} kept bodies "
+        f"older than {older_than.days} days ({done.batches} batches)"
+    )
+
+
 def register(app: Flask) -> None:
-    for command in (init_db, load_demo, users, clients, tools, *LTI_COMMANDS):
+    for command in (init_db, load_demo, users, clients, tools, prune, *LTI_COMMANDS):
         app.cli.add_command(command)

@@ -137,6 +137,9 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         # How often each worker writes its state for the ops page (a worker silent for three times
         # this is shown as not heard from).
         "TOOLCALL_WORKER_STATE_SECS": seconds("TOOLCALL_WORKER_STATE_SECS", 10),
+        # Prometheus scrapes /metrics with "Authorization: Bearer <this>"; unset, only a logged-in
+        # admin may read it.
+        "TOOLCALL_METRICS_TOKEN": os.environ.get("TOOLCALL_METRICS_TOKEN") or None,
         # The ops pages: the tools file (as the workers read it), and where Flower is (it asks its
         # own login).
         "TOOLCALL_TOOLS": str(default_tools_path()),
