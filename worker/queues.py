@@ -47,12 +47,16 @@ def depths(app: Celery, names: Iterable[str], timeout: float = TIMEOUT) -> dict[
 
 def _count(held: list, names: Iterable[str]) -> dict[str, int]:
     connection = held[0]
+    # On Redis a declare only counts (queues are lists made by the first message), so it need not
+    # be passive -- and must not be: kombu's passive check asks EXISTS of the key without Celery's
+    # key prefix (celeryconfig.REDIS_KEY_PREFIX), and would call every queue undeclared.
+    passive = connection.transport.driver_type != "redis"
     found: dict[str, int] = {}
     for name in names:
         if held[1] is None or not _usable(held[1]):
             held[1] = connection.channel()
         try:
-            found[name] = held[1].queue_declare(queue=name, passive=True).message_count
+            found[name] = held[1].queue_declare(queue=name, passive=passive).message_count
         except connection.channel_errors:
             found[name] = 0  # not declared yet: nothing was ever sent to it (RabbitMQ closes the channel)
     return found
