@@ -7,7 +7,7 @@ a process it was inherited into across a fork (the prefork pool forks children f
 When the child ends, its instances are terminated: on Celery's ``worker_process_shutdown`` signal
 (sent in the child when the pool retires it, e.g. after ``--max-tasks-per-child``), at interpreter
 exit, and -- for a child killed outright -- external tools die with it through the parent-death
-signal (see ``toolbus.instances``), while the instance key of the event channel expires.
+signal (see ``toolbus.processes``), while the instance key of the event channel expires.
 
 For each instance with event signatures, one background thread of the child publishes the tool's
 events to the event channel as they come, also between tasks, and passes acks back to the tool.
