@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import pytest
 from fetch_support import Portal, new_token, result_body, running_portal
-from helpers import suite_redis_url, wait_until
+from helpers import CALLBACKS_KEY, suite_redis_url, wait_until
 from portal_support import REDIS_URL, add_client, add_tool, add_user, scratch_postgres_schema
 from sqlalchemy import func, insert, select, update
 from vendor_stub import Answer, VendorStub
@@ -217,7 +217,7 @@ def queued_ids(redis_db) -> list[int]:
 
     return [
         json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
-        for raw in redis_db.lrange("callbacks", 0, -1)
+        for raw in redis_db.lrange(CALLBACKS_KEY, 0, -1)
     ]
 
 
@@ -227,7 +227,7 @@ def test_a_run_queues_only_as_many_as_the_queue_has_room_for(database, broker, r
         fetches.queue(broker, 10**6 + other)  # messages still waiting for a worker: not lost
     done = run_sweep(broker, database, redis_db, {**CONFIG, "TOOLCALL_SWEEP_BATCH": 25})
     assert (done["waiting"], done["requeued"]) == (10, 15)
-    assert redis_db.llen("callbacks") == 25 and sorted(queued_ids(redis_db)[:15]) == ids[:15]
+    assert redis_db.llen(CALLBACKS_KEY) == 25 and sorted(queued_ids(redis_db)[:15]) == ids[:15]
 
 
 def test_a_second_run_right_after_queues_nothing_again(database, broker, redis_db):
@@ -235,7 +235,7 @@ def test_a_second_run_right_after_queues_nothing_again(database, broker, redis_d
     config = {**CONFIG, "TOOLCALL_SWEEP_BATCH": 50}
     assert run_sweep(broker, database, redis_db, config)["requeued"] == 12
     assert run_sweep(broker, database, redis_db, config)["requeued"] == 0
-    assert redis_db.llen("callbacks") == 12
+    assert redis_db.llen(CALLBACKS_KEY) == 12
 
 
 def test_a_run_does_nothing_while_another_holds_the_lock(database, broker, redis_db):
@@ -243,7 +243,7 @@ def test_a_run_does_nothing_while_another_holds_the_lock(database, broker, redis
     attempts(database, 1, "start-tk-sent", started=utcnow() - timedelta(hours=1))
     redis_db.set(SWEEP_LOCK, "another run", ex=30)
     assert run_sweep(broker, database, redis_db, CONFIG) == {"skipped": "another sweep is running"}
-    assert redis_db.llen("callbacks") == 0
+    assert redis_db.llen(CALLBACKS_KEY) == 0
     redis_db.delete(SWEEP_LOCK)
     done = run_sweep(broker, database, redis_db, CONFIG)
     assert (done["requeued"], done["tokens_expired"]) == (5, 1) and not redis_db.exists(SWEEP_LOCK)
