@@ -6,6 +6,7 @@
     redis_db            the portal tests' Redis database, empty, flushed again afterwards
     portal_environment  the portal's settings with none of them taken from the shell
     app                 a portal on a SQLite file of its own, schema not created yet
+    app_on_each_database  the same portal on each database in turn
 
 What they build with (rows, logging in, scratch databases) is in ``portal_support``.
 """
@@ -75,11 +76,23 @@ def portal_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.fixture
 def app(tmp_path: Path, portal_environment: pytest.MonkeyPatch) -> Iterator[Flask]:
     """A portal on a SQLite file of its own, with its own instance folder; schema not created yet."""
+    yield from _portal(tmp_path, f"sqlite:///{tmp_path / 'portal.sqlite3'}")
+
+
+@pytest.fixture
+def app_on_each_database(
+    database_url: str, tmp_path: Path, portal_environment: pytest.MonkeyPatch
+) -> Iterator[Flask]:
+    """``app`` once on SQLite and once on PostgreSQL (``database_url``); schema not created yet."""
+    yield from _portal(tmp_path, database_url)
+
+
+def _portal(tmp_path: Path, database_url: str) -> Iterator[Flask]:
     app = create_app(
         {
             "TESTING": True,
             "INSTANCE_PATH": tmp_path / "instance",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
+            "DATABASE_URL": database_url,
             "REDIS_URL": REDIS_URL,
             "SECRET_KEY": "a test key",
         }

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 import pytest
 from helpers import CALLBACKS_KEY
 from portal_support import (
-    REDIS_URL,
     add_client,
     add_tool,
     add_user,
@@ -22,7 +21,7 @@ from portal_support import (
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import joinedload
 
-from webapp import SECURITY_HEADERS, create_app, lifecycle
+from webapp import SECURITY_HEADERS, lifecycle
 from webapp.lifecycle import Status
 from webapp.models import Client, Exam, ResultFetch, ToolCall, ToolCallLog, ToolCallResult, User, utcnow
 
@@ -56,19 +55,9 @@ def ops_fixture(app, redis_db):
 
 
 @pytest.fixture(name="ops_on_each_database")
-def ops_on_each_database_fixture(database_url, tmp_path, portal_environment, redis_db):
+def ops_on_each_database_fixture(app_on_each_database, redis_db):
     """The same portal, once on SQLite and once on PostgreSQL (the chart's SQL must suit both)."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "INSTANCE_PATH": tmp_path / "instance",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": REDIS_URL,
-            "SECRET_KEY": "a test key",
-        }
-    )
-    yield furnish(app)
-    app.extensions["db"].dispose()
+    return furnish(app_on_each_database)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

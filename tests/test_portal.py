@@ -9,7 +9,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from helpers import HAPPY_LOG
 from portal_support import (
-    REDIS_URL,
     add_client,
     add_tool,
     add_user,
@@ -18,7 +17,7 @@ from portal_support import (
 )
 from sqlalchemy import event, select
 
-from webapp import create_app, lifecycle
+from webapp import lifecycle
 from webapp.lifecycle import Status
 from webapp.models import ToolCall, ToolCallLog
 
@@ -139,19 +138,9 @@ def test_a_new_attempt_supersedes_the_open_one_once_confirmed(portal):
 
 
 @pytest.fixture(name="portal_on_each_database")
-def portal_on_each_database_fixture(database_url, tmp_path, portal_environment, redis_db):
+def portal_on_each_database_fixture(app_on_each_database, redis_db):
     """The portal of ``portal``, once on SQLite and once on PostgreSQL (they lock differently)."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "INSTANCE_PATH": tmp_path / "instance",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": REDIS_URL,
-            "SECRET_KEY": "a test key",
-        }
-    )
-    yield furnish(app)
-    app.extensions["db"].dispose()
+    return furnish(app_on_each_database)
 
 
 #: The INSERT of a new attempt (not of a log row: toolcall_toolcalllog).

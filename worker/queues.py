@@ -19,28 +19,32 @@ from collections.abc import Iterable
 
 from celery import Celery
 
+from worker.process import ProcessLocal
+
 #: Seconds to wait for the broker: a caller (a web request, the sweep) must not hang on it.
 TIMEOUT = 2.0
 
-_open: dict[str, list] = {}  # broker URL -> [connection, channel]
-_lock = threading.Lock()
+#: This process's connections, broker URL -> [connection, channel], and the lock its threads share
+#: (a forked child opens its own: a connection is never shared with the parent).
+_open: ProcessLocal[tuple[threading.Lock, dict[str, list]]] = ProcessLocal(lambda: (threading.Lock(), {}))
 
 
 def depths(app: Celery, names: Iterable[str], timeout: float = TIMEOUT) -> dict[str, int]:
     """{queue: messages waiting} for ``names``; raises when the broker cannot be reached."""
     url = app.conf.broker_url
-    with _lock:
-        held = _open.get(url)
+    lock, opened = _open.get()
+    with lock:
+        held = opened.get(url)
         if held is None:
             options = {"max_retries": 0, "socket_connect_timeout": timeout, "socket_timeout": timeout}
             connection = app.connection_for_read(connect_timeout=timeout, transport_options=options)
-            held = _open[url] = [connection, None]
+            held = opened[url] = [connection, None]
         connection = held[0]
         try:
             connection.ensure_connection(max_retries=1)
             return _count(held, names)
         except Exception:
-            del _open[url]
+            del opened[url]
             connection.release()
             raise
 
