@@ -709,8 +709,9 @@ def _build(toks: list[tuple[str, str]], taf: bool) -> ATerm:
     closer: str | None = None  # its closing token; None outside every bracket
     leaves: dict[str, ATerm] = {}  # word -> leaf: within one text, equal symbols are one object
     if taf:
-        # TAF numbers subterms by the length of their text as written. TAF has no whitespace, so a
-        # token's offset is the running sum of the lengths of the tokens before it.
+        # TAF numbers subterms by the length of their text as written, and the writer puts no
+        # whitespace between tokens: a token's offset is the running sum of the lengths of the
+        # tokens before it, so whitespace a reader meets between tokens changes no number.
         offsets = [0, *accumulate(len(c) + len(t) for c, t in toks)]
         table: list[ATerm] = []
         ref_len = 2  # length of "#" + the base-64 digits of the next number
@@ -881,10 +882,6 @@ def read_taf(text: str) -> ATerm:
         raise TypeError(f"read_taf() reads text (str), not {type(text).__name__}")
     if not text.startswith("!"):
         raise ParseError(text, 0, "'!' (the start of a shared text)", text[:1] or None)
-    for ws in _WHITESPACE:
-        at = text.find(ws)
-        if at >= 0:
-            raise ParseError(text, at, "no whitespace in a shared text", text[at])
     try:
         return _read(text[1:], True)
     except ParseError as error:
@@ -926,9 +923,7 @@ def write_taf(root: ATerm) -> str:
                 stack.append(("text", "{"))
             cls = t.__class__
             if cls is ATermAppl:
-                head = (
-                    _quote(t._name).replace(" ", "\\040") if t._quoted else t._name
-                )  # TAF has no whitespace
+                head = _quote(t._name) if t._quoted else t._name  # spaces inside quotes stay spaces
                 if t._args:
                     stack.append(("text", ")"))
                     for a in reversed(t._args[1:]):
