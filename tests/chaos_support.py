@@ -219,14 +219,22 @@ class ChaosLauncher(Launcher):
 
 class SlowVendor:
     """A vendor's result URL that answers each known token's result after ``delay`` seconds (404 for
-    a token it does not know), counting requests per token and those under way."""
+    a token it does not know), counting requests per token and those under way.
+
+    ``hold_after(n)`` keeps every answer waiting, once ``n`` tokens have had theirs, until
+    ``release()``: a fault can then land on a fetch under way whatever the pace of the worker (with
+    every report sent at once, the last fetches may all end between two looks of the test)."""
 
     def __init__(self, delay: float):
         self.delay = delay
         self._lock = threading.Lock()
         self._bodies: dict[str, bytes] = {}
         self._requests: Counter[str] = Counter()
+        self._answered: set[str] = set()
         self._in_flight = 0
+        self._held = 0
+        self._hold_after: int | None = None
+        self._released = threading.Condition(self._lock)
         vendor = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -260,6 +268,21 @@ class SlowVendor:
         with self._lock:
             return self._in_flight
 
+    def hold_after(self, answered: int) -> None:
+        """Hold every answer once ``answered`` tokens have had theirs (at once if they have)."""
+        with self._lock:
+            self._hold_after = answered
+
+    def held(self) -> int:
+        """Requests waiting for ``release()``."""
+        with self._lock:
+            return self._held
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold_after = None
+            self._released.notify_all()
+
     def requests(self) -> Counter[str]:
         with self._lock:
             return Counter(self._requests)
@@ -277,6 +300,13 @@ class SlowVendor:
             body = self._bodies.get(token)
         try:
             time.sleep(self.delay)  # the vendor's latency: what keeps fetches in flight
+            with self._lock:
+                while self._hold_after is not None and len(self._answered) >= self._hold_after:
+                    self._held += 1
+                    self._released.wait()
+                    self._held -= 1
+                if body is not None:
+                    self._answered.add(token)
             handler.send_response(200 if body is not None else 404)
             body = body if body is not None else b'{"error": "unknown token"}'
             handler.send_header("Content-Type", "application/json")
@@ -725,12 +755,15 @@ class Storm:
             interval=POLL_SECS,
         )
 
-    def wait_fetch_in_flight(self) -> None:
+    def wait_fetch_held(self, answered: int) -> None:
+        """Until a fetch is under way at the vendor, held there once ``answered`` tokens had their
+        answer (``SlowVendor.hold_after``); the caller releases it (``vendor.release()``)."""
+        self.vendor.hold_after(answered)
         wait_until(
-            self._watching(lambda: self.vendor.in_flight() > 0),
+            self._watching(lambda: self.vendor.held() > 0),
             self.config.patience,
-            f"a fetch under way at the vendor{self._tail()}",
-            interval=0.01,
+            f"a fetch held at the vendor after {answered} answers{self._tail()}",
+            interval=POLL_SECS,
         )
 
     def wait_settled(self, timeout: float | None = None) -> None:
