@@ -122,6 +122,44 @@ def test_a_second_launcher_for_the_same_host_group_refuses_to_start_naming_the_f
         assert len(launcher.worker_pids()) == 1
 
 
+def test_an_unimportable_internal_tool_is_a_clear_error_in_list_and_start_naming_the_pythonpath(tmp_path):
+    """The tool's package lies next to the tools file, which is not on the Python path: ``--list`` and
+    the launcher both say so without a traceback and exit 1, and the PYTHONPATH they name works."""
+    package = tmp_path / "uxtools_launcher"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "texts.py").write_text("class Texts:\n    def stamp(self):\n        return [1, 2]\n")
+    path = write_tools(
+        tmp_path,
+        {
+            "texts": {
+                "tool_name": "uxtools_launcher.texts:Texts",
+                "host_name": "ToolBus",
+                "function_signatures": ["eval(stamp, <list(<int>)>)"],
+            }
+        },
+    )
+    env = {**os.environ, **client_env(path, DB)}
+    expected = f"PYTHONPATH={os.pathsep.join(filter(None, [str(tmp_path), os.environ.get('PYTHONPATH')]))}"
+    for argv in (["--list"], ["--host", GROUP]):
+        done = subprocess.run(
+            [PYTHON, "-m", "worker", "tools", *argv], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (argv, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "cannot import module 'uxtools_launcher.texts'" in done.stderr, done.stderr
+        assert expected in done.stderr, done.stderr
+    listed = subprocess.run(
+        [PYTHON, "-m", "worker", "tools", "--list"],
+        env={**env, "PYTHONPATH": expected.partition("=")[2]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "texts" in listed.stdout and "toolbus.texts" in listed.stdout
+
+
 def test_a_group_without_tools_is_an_error(tmp_path):
     path = write_tools(tmp_path, {"probe": probe("elsewhere")})
     done = subprocess.run(
