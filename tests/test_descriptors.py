@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import textwrap
@@ -360,6 +361,36 @@ def test_internal_tool_whose_module_cannot_be_imported_is_reported(tmp_path, mod
     path = internal(tmp_path, f"{module}:Tool", TEXT_SIGNATURES)
     problem = assert_reported(path, "texts", "tool_name", r"import")
     assert module in problem
+
+
+def test_an_internal_tool_module_next_to_the_tools_file_names_the_pythonpath_to_set(tmp_path, monkeypatch):
+    """Modules are imported from the Python path, not from the tools file's directory: the problem says
+    which PYTHONPATH makes the module importable, keeping what PYTHONPATH holds now."""
+    package = tmp_path / "uxtools_beside_the_file"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "texts.py").write_text("class Tool:\n    def get_text(self, n):\n        return str(n)\n")
+    monkeypatch.setenv("PYTHONPATH", "/opt/elsewhere")
+    path = internal(tmp_path, "uxtools_beside_the_file.texts:Tool", TEXT_SIGNATURES)
+    problem = assert_reported(path, "texts", "tool_name", r"cannot import")
+    assert "'uxtools_beside_the_file.texts'" in problem
+    assert f"PYTHONPATH={tmp_path}{os.pathsep}/opt/elsewhere" in problem
+
+
+def test_an_internal_tool_module_found_nowhere_says_to_add_its_directory_to_pythonpath(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    path = internal(tmp_path, "no_such_package_for_toolbus_tests.texts:Tool", TEXT_SIGNATURES)
+    problem = assert_reported(path, "texts", "tool_name", r"cannot import")
+    assert "'no_such_package_for_toolbus_tests.texts'" in problem
+    assert "PYTHONPATH" in problem and "no_such_package_for_toolbus_tests" in problem
+    assert "PYTHONPATH is not set" in problem
+
+
+def test_an_internal_tool_module_whose_own_import_is_missing_names_that_dependency(tmp_path):
+    path = internal(tmp_path, f"{FIXTURES}.missing_dependency_module:Tool", TEXT_SIGNATURES)
+    problem = assert_reported(path, "texts", "tool_name", r"cannot import")
+    assert f"'{FIXTURES}.missing_dependency_module'" in problem
+    assert "imports 'no_such_dependency_for_toolbus_tests', which is not installed" in problem
 
 
 @pytest.mark.parametrize("class_name", ["NoSuchClass", "NOT_A_CLASS"])

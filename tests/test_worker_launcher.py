@@ -17,7 +17,7 @@ from helpers import pid_gone, wait_until
 from worker_support import PYTHON, Launcher, client_env, counter, descendants, probe, running, write_tools
 
 from toolbus.aterm import make, parse
-from toolbus.errors import ToolBusError
+from toolbus.errors import NoWorker, ToolBusError
 
 pytestmark = pytest.mark.process
 
@@ -120,6 +120,74 @@ def test_a_second_launcher_for_the_same_host_group_refuses_to_start_naming_the_f
         # The first one was not disturbed: its workers still serve.
         assert launcher.bus().eval("counter", make("add(<int>,<int>)", 1, 2), timeout=TIMEOUT) == parse("3")
         assert len(launcher.worker_pids()) == 1
+
+
+def test_an_unimportable_internal_tool_is_a_clear_error_in_list_and_start_naming_the_pythonpath(tmp_path):
+    """The tool's package lies next to the tools file, which is not on the Python path: ``--list`` and
+    the launcher both say so without a traceback and exit 1, and the PYTHONPATH they name works."""
+    package = tmp_path / "uxtools_launcher"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "texts.py").write_text("class Texts:\n    def stamp(self):\n        return [1, 2]\n")
+    path = write_tools(
+        tmp_path,
+        {
+            "texts": {
+                "tool_name": "uxtools_launcher.texts:Texts",
+                "host_name": "ToolBus",
+                "function_signatures": ["eval(stamp, <list(<int>)>)"],
+            }
+        },
+    )
+    env = {**os.environ, **client_env(path, DB)}
+    expected = f"PYTHONPATH={os.pathsep.join(filter(None, [str(tmp_path), os.environ.get('PYTHONPATH')]))}"
+    for argv in (["--list"], ["--host", GROUP]):
+        done = subprocess.run(
+            [PYTHON, "-m", "worker", "tools", *argv], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (argv, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "cannot import module 'uxtools_launcher.texts'" in done.stderr, done.stderr
+        assert expected in done.stderr, done.stderr
+    listed = subprocess.run(
+        [PYTHON, "-m", "worker", "tools", "--list"],
+        env={**env, "PYTHONPATH": expected.partition("=")[2]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "texts" in listed.stdout and "toolbus.texts" in listed.stdout
+
+
+def test_a_call_to_a_tool_no_worker_serves_fails_at_once_naming_its_queue(tmp_path):
+    """``faraway`` belongs to a host group nobody runs: its calls are refused before they are sent, not
+    left in the queue until their timeout. The tools that are served keep working, also one whose
+    worker children are recycled every two calls; after the launcher stops, none is served."""
+    served = {"counter": counter(), "rprobe": probe(GROUP, restart=2), "faraway": probe("elsewhere")}
+    with running(tmp_path, served, group=GROUP, db=DB, concurrency=1) as launcher:
+        bus = launcher.bus()
+        for call in (
+            lambda: bus.eval("faraway", "stamp", timeout=TIMEOUT),
+            lambda: bus.do("faraway", "poke"),
+            lambda: bus.eval_many("faraway", ["stamp"], timeout=TIMEOUT),
+        ):
+            with pytest.raises(NoWorker, match=r"no worker serves toolbus\.faraway"):
+                call()
+        told = subprocess.run(
+            [PYTHON, "-m", "worker", "eval", "faraway", "stamp", "--timeout", str(TIMEOUT)],
+            env={**os.environ, **client_env(launcher.tools_path, DB)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert told.returncode == 1 and "NoWorker: no worker serves toolbus.faraway" in told.stderr, told
+        assert bus.eval("counter", make("add(<int>,<int>)", 1, 2), timeout=TIMEOUT) == parse("3")
+        pids = {tool_pid(bus, "rprobe") for _ in range(5)}  # its worker child is replaced twice meanwhile
+        assert len(pids) == 3
+        launcher.stop()
+        with pytest.raises(NoWorker, match=r"no worker serves toolbus\.counter"):
+            launcher.bus().eval("counter", make("add(<int>,<int>)", 1, 2), timeout=TIMEOUT)
 
 
 def test_a_group_without_tools_is_an_error(tmp_path):

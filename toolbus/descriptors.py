@@ -190,7 +190,9 @@ def _load_one(
         if not _CLASS_REF.fullmatch(tool_name):
             problem("tool_name", f'an internal tool is "module:Class", got {tool_name!r}')
         elif check_classes:
-            _check_class(tool_name, signatures, lambda what: problem("tool_name", what))
+            _check_class(
+                tool_name, signatures, path.resolve().parent, lambda what: problem("tool_name", what)
+            )
     elif tool_name:
         try:
             if not shlex.split(tool_name):
@@ -227,14 +229,45 @@ def takes_bus(cls: type) -> bool:
     return False
 
 
-def _check_class(ref: str, signatures: Signatures, problem) -> None:
+def _import_problem(module_name: str, error: BaseException, tools_dir: Path) -> str:
+    """What is wrong with an internal tool's module that cannot be imported, and what to do about it.
+
+    Modules are imported from the Python path of the process (``PYTHONPATH``, the current directory
+    of ``python -m``, the installed packages), never from the directory of the tools file: a module
+    that lies next to a copied tools file needs that directory on ``PYTHONPATH``.
+    """
+    what = f"{type(error).__name__}: {error}"
+    missing = error.name if isinstance(error, ModuleNotFoundError) else None
+    if not missing:
+        return f"cannot import module {module_name!r}: {what}"
+    if not (module_name == missing or module_name.startswith(missing + ".")):
+        return (
+            f"cannot import module {module_name!r}: it imports {missing!r}, which is not installed "
+            f"({what}); install it, or add the directory that holds it to PYTHONPATH"
+        )
+    top = module_name.split(".")[0]
+    if missing != top:
+        return f"cannot import module {module_name!r}: package {missing.rpartition('.')[0]!r} has no such module ({what})"
+    now = os.environ.get("PYTHONPATH", "")
+    if (tools_dir / top).is_dir() or (tools_dir / f"{top}.py").is_file():
+        todo = f"{top} is next to the tools file: set PYTHONPATH={os.pathsep.join(filter(None, [str(tools_dir), now]))}"
+    else:
+        todo = f"add the directory that holds {top}/ (or {top}.py) to PYTHONPATH"
+    return (
+        f"cannot import module {module_name!r} ({what}): internal tools are imported from the Python "
+        f"path, not from the directory of the tools file; {todo} "
+        f"({f'PYTHONPATH is now {now}' if now else 'PYTHONPATH is not set'})"
+    )
+
+
+def _check_class(ref: str, signatures: Signatures, tools_dir: Path, problem) -> None:
     module_name, _, class_name = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
     except BaseException as e:  # any import failure (even sys.exit) is the descriptor's problem to report
         if isinstance(e, KeyboardInterrupt):
             raise
-        problem(f"cannot import module {module_name!r}: {type(e).__name__}: {e}")
+        problem(_import_problem(module_name, e, tools_dir))
         return
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):

@@ -65,3 +65,8 @@ class ProtocolError(ToolCrashed):
 
 class ToolTimeout(ToolBusError):
     """No value arrived within the call's timeout; the tool was killed (or discarded) and replaced."""
+
+
+class NoWorker(ToolBusError):
+    """No worker serves the tool's queue, so the call was not sent (it would have waited there until
+    its timeout). The message names the queue: start the workers of the tool's host group."""

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.list:
-            return launcher.list_tools(sys.stdout)
+            return launcher.list_tools(sys.stdout, sys.stderr)
         return launcher.run(args.host, args.concurrency, args.loglevel)
 
     from worker.bus import Bus

@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery, signals
 
 import celeryconfig
+from worker import served  # noqa: F401  (every worker records the queues it serves)
 
 TASK_MODULES = ["worker.call_tasks", "worker.fetch_tasks"]
 

@@ -10,7 +10,8 @@
 
 Calls are checked against the tools' signatures before they are queued (the worker checks again).
 Failures come back as the ``toolbus.errors`` classes: a worker child lost mid-call becomes
-``ToolCrashed``, a time limit ``ToolTimeout``, anything else ``ToolBusError``.
+``ToolCrashed``, a time limit ``ToolTimeout``, anything else ``ToolBusError``. A call to a tool that
+no worker serves is not sent: ``NoWorker`` at once (``worker.served``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from celery.backends.base import BaseKeyValueStoreBackend
 import toolbus.errors as errors
 from toolbus.aterm import ATerm, as_term, parse
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
-from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout
+from toolbus.errors import NoWorker, SignatureError, ToolBusError, ToolCrashed, ToolTimeout
+from worker import served
 from worker.app import make_app
 from worker.events import Event, EventChannel, connect_redis
 
@@ -50,6 +52,7 @@ class Bus:
             tools = load_tools(tools or default_tools_path(), check_classes=False)
         self.tools = tools
         self.events = EventChannel(connect_redis())
+        self.served = served.Check()
 
     def _tool(self, name: str) -> ToolDescriptor:
         try:
@@ -60,7 +63,18 @@ class Bus:
             ) from None
 
     def _send(self, task: str, tool: str, args: dict, timeout: float | None):
-        options: dict[str, Any] = {"queue": self._tool(tool).queue}
+        descriptor = self._tool(tool)
+        if not self.served(descriptor.queue):
+            workers = (
+                "python -m worker tools, any host group"
+                if descriptor.internal
+                else f"python -m worker tools --host {descriptor.host_name}"
+            )
+            raise NoWorker(
+                f"no worker serves {descriptor.queue}, so the call was not sent: start the tool workers "
+                f"({workers}) with the same REDIS_URL and broker as this caller"
+            )
+        options: dict[str, Any] = {"queue": descriptor.queue}
         if timeout is not None:
             # No Celery ``expires``: the task carries the deadline and refuses to start a call that
             # is still queued at it (ToolTimeout, "... was not run"), so nothing runs late either

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
+from toolbus.errors import DescriptorError
 from worker import records
 from worker.events import PREFIX, connect_redis
 
@@ -102,9 +103,24 @@ def forget_tool_starts(specs: list[WorkerSpec], group: str) -> None:
         log.warning("could not reset the tool start counts of %s: %s", ", ".join(names), e)
 
 
-def list_tools(out: TextIO) -> int:
-    tools = load_tools(default_tools_path(), check_classes=False)
-    out.write(f"tools of {default_tools_path()}:\n")
+def list_tools(out: TextIO, err: TextIO) -> int:
+    """List the tools; 1 when the workers could not start with this file (the problems go to ``err``).
+
+    The file is checked as the workers check it, internal tool classes imported, so that a listing
+    that passes means a launcher that starts. The tools are listed also when some are wrong, if the
+    file can be read at all.
+    """
+    path = default_tools_path()
+    problem: DescriptorError | None = None
+    try:
+        tools = load_tools(path)
+    except DescriptorError as e:
+        problem = e
+        try:
+            tools = load_tools(path, check_classes=False)
+        except DescriptorError:
+            tools = {}
+    out.write(f"tools of {path}:\n")
     for t in tools.values():
         where = "every host group (internal)" if t.internal else f"host group {t.host_name}"
         restart = (
@@ -113,6 +129,10 @@ def list_tools(out: TextIO) -> int:
         out.write(f"  {t.name:<16} queue {t.queue:<24} {where}; {restart}\n")
         for sig in t.function_signatures:
             out.write(f"      {sig}\n")
+    if problem is not None:
+        out.flush()
+        err.write(f"{problem}\nNo worker can start with this file until that is fixed.\n")
+        return 1
     return 0
 
 
@@ -217,7 +237,11 @@ def _exit_reason(code: int) -> str:
 
 
 def run(group: str, concurrency: int | None = None, loglevel: str = "INFO") -> int:
-    tools = load_tools(default_tools_path())
+    try:
+        tools = load_tools(default_tools_path())
+    except DescriptorError as e:
+        print(f"not started: {e}", file=sys.stderr)
+        return 1
     specs = plan(tools, group, concurrency)
     if not specs:
         print(f"no tools for host group {group!r} in {default_tools_path()}", file=sys.stderr)
