@@ -137,9 +137,11 @@ def settings() -> dict:
             "global_keyprefix": REDIS_KEY_PREFIX,
         },
         "result_backend_transport_options": {"global_keyprefix": REDIS_KEY_PREFIX},
-        # A call carries its own deadline (the caller's timeout); these are the ceilings.
+        # A tool call carries its own deadline, and its hard time limit ends with it
+        # (worker.deadlines); this is the ceiling of any task. No soft time limit: the prefork pool
+        # arms a task's hard limit only once its soft limit has passed, so a one-hour soft limit
+        # kept every shorter hard limit from ever firing.
         "task_time_limit": MAX_EVAL_TIMEOUT + 60,
-        "task_soft_time_limit": MAX_EVAL_TIMEOUT,
         # Results are read once by the caller within its timeout; keep them an hour for Flower.
         "result_expires": 3600,
         "result_extended": True,

@@ -2,7 +2,7 @@
 
 The tools: examples/tools/calc.py and clock.py through ``toolbus.adapter``, and the small tools in
 tests/tools/ that report on themselves (probe.py) or misbehave (exit_at_once.py, refuse.py,
-garbage.py). Every call here has a timeout; processes are awaited with bounded polls only.
+garbage.py, deaf.py). Every call here has a timeout; processes are awaited with bounded polls only.
 """
 
 from __future__ import annotations
@@ -562,3 +562,36 @@ def test_events_of_a_crashed_tool(probe):
         probe.eval("crash(1)", timeout=60)
     with pytest.raises(TransactionError, match="restarted"):
         probe.snd_ack_to_tool(id, "ok")
+
+
+# ---- a tool that stops reading ----------------------------------------------------------------------
+
+DEAF_SIGNATURES = ["eval(stamp, <list(<int>)>)", "eval(deafen, <int>)", "eval(echo(<str>), <int>)"]
+#: More than the kernel buffers of a loopback connection hold (about 4 MB here).
+UNREADABLE = 8_000_000
+
+
+@pytest.mark.parametrize("timeout", [None, 1.0], ids=["no-timeout", "timeout"])
+def test_a_tool_that_stops_reading_cannot_wedge_its_instance(start, monkeypatch, timeout):
+    """A request the tool does not take is given up after the call's timeout, or after SEND_TIMEOUT
+    when the call has none: the tool is killed, the caller is told (ToolTimeout, or ToolCrashed
+    saying why), and the next request gets a fresh tool."""
+    monkeypatch.setattr(external, "SEND_TIMEOUT", 1.0)
+    deaf = start(script_command("deaf.py"), DEAF_SIGNATURES, name="deaf")
+    pid = deaf.pid
+    assert deaf.eval("deafen", timeout=TIMEOUT) == parse(str(pid))
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(deaf.eval, f'echo("{"x" * UNREADABLE}")', timeout)
+        try:
+            error = call.exception(timeout=QUICK)
+        except TimeoutError:
+            os.kill(pid, 9)  # unblocks the send, so that the test fails instead of hanging
+            pytest.fail("the instance is still sending to a tool that stopped reading")
+    if timeout is None:
+        assert isinstance(error, ToolCrashed), error
+        assert "stopped reading" in str(error) and "killed by SIGKILL" in str(error)
+    else:
+        assert isinstance(error, ToolTimeout), error
+    wait_until(lambda: pid_gone(pid), timeout=QUICK, what="the tool that stopped reading to be gone")
+    fresh, _, served = deaf.eval("stamp", timeout=TIMEOUT).match("[<int>,<int>,<int>]")
+    assert fresh != pid and served == 1

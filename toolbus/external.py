@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import socket
 import subprocess
@@ -40,6 +41,10 @@ from toolbus.processes import (
 log = logging.getLogger("toolbus.instances")
 #: How long an external tool may take to connect and accept its signature.
 START_TIMEOUT = 15.0
+#: How long a message may wait for the tool to take it when no call's deadline says otherwise (an
+#: ack, a call without a timeout). A tool that has not taken it by then has stopped reading its
+#: input: it is killed, as if it had crashed, rather than holding its instance for ever.
+SEND_TIMEOUT = 30.0
 
 
 class ExternalTool(ToolInstance):
@@ -59,6 +64,8 @@ class ExternalTool(ToolInstance):
         self._state_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        # The process killed for not reading its input, and what its crash report says.
+        self._unread: tuple[subprocess.Popen, str] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -190,21 +197,43 @@ class ExternalTool(ToolInstance):
 
     def _deliver(self, txn: Transaction, generation: int) -> None:
         message = wire.Eval(txn.call) if txn.kind == "eval" else wire.Do(txn.call)
-        self._send(message)
+        self._send(message, txn.deadline)
 
     def _send_ack(self, event: ATerm, result: ATerm) -> None:
         self._send(wire.Ack(event, result))
 
-    def _send(self, message: wire.Message) -> None:
+    def _send(self, message: wire.Message, deadline: float | None = None) -> None:
+        """Send ``message`` by ``deadline`` (monotonic; default ``SEND_TIMEOUT`` from now).
+
+        Sends happen under the instance's lock: a tool that stops reading must not hold it longer
+        than that. One that has not taken the whole message by then is killed (its I/O thread
+        reports the crash, saying why), and a call whose deadline it was times out as usual.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + SEND_TIMEOUT
         with self._send_lock:
             try:
                 with self._state_lock:
                     data = self._conn.send(message)
-                self._sock.sendall(data)
+                _send_by(self._sock, data, deadline)
+            except _Unread as e:
+                self._stopped_reading(message, e.args[0], len(data))
             except (OSError, ProtocolError) as e:
                 # The tool is gone or going (its connection closed, or it said snd-disconnect):
                 # its I/O thread reports the crash with the exit status.
                 log.debug("tool %s: cannot send %s: %s", self.name, type(message).__name__, e)
+
+    def _stopped_reading(self, message: wire.Message, sent: int, size: int) -> None:
+        """The tool did not take a whole message in time: it is killed (a half-sent message
+        cannot be taken back), and its crash report says why."""
+        process = self._process
+        reason = (
+            f"tool {self.name} stopped reading its input: it took {sent:,} of the {size:,} bytes "
+            f"of a {wire.to_term(message).name} in the time allowed"
+        )
+        log.warning("%s; killing it", reason)
+        self._unread = (process, reason)
+        kill_group(process)
 
     def _dispatch(self, generation: int, conn: wire.BusSide) -> ToolCrashed | None:
         """Hand every whole message received so far to the instance.
@@ -279,6 +308,8 @@ class ExternalTool(ToolInstance):
                 for line in rest.decode("utf-8", "replace").splitlines():
                     output(kind, line)
             text = "\n".join(tail)
+            if self._unread is not None and self._unread[0] is process:
+                problem = ToolCrashed(self._unread[1])  # it was killed for it: the real reason
             message = f"{problem}; {status_text(status)}" + (f"; stderr:\n{text}" if text else "")
             self._crashed(generation, type(problem)(message, status, text))
         finally:
@@ -294,7 +325,7 @@ class ExternalTool(ToolInstance):
         if process is None:
             return
         if graceful:
-            self._send(wire.Terminate(msg))
+            self._send(wire.Terminate(msg), time.monotonic() + GRACE_PERIOD)
             try:
                 process.wait(timeout=GRACE_PERIOD)
             except subprocess.TimeoutExpired:
@@ -308,3 +339,31 @@ class ExternalTool(ToolInstance):
                 sock.shutdown(socket.SHUT_RDWR)  # the I/O thread sees the end and exits
             except OSError:
                 pass
+
+
+class _Unread(Exception):
+    """The tool did not take a whole message by the deadline; ``args[0]`` is the bytes it took."""
+
+
+def _send_by(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Send all of ``data`` by ``deadline`` (monotonic), or raise ``_Unread``.
+
+    The socket stays blocking for its I/O thread; each send here is non-blocking and waits for
+    room in the connection's buffers for at most what is left of the time.
+    """
+    view = memoryview(data)
+    sent = 0
+    poller: select.poll | None = None
+    while sent < len(data):
+        try:
+            sent += sock.send(view[sent:], socket.MSG_DONTWAIT)
+            continue
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Unread(sent)
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        poller.poll(max(1, int(left * 1000)))

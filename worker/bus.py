@@ -35,10 +35,6 @@ from worker.events import Event, EventChannel, connect_redis
 DEFAULT_TIMEOUT = 30.0
 #: A caller whose call takes longer checks this often that the worker process running it is alive.
 WATCH_SECS = 1.0
-#: Extra seconds the worker's hard time limit allows past the caller's deadline. An external tool
-#: is killed at the deadline by its instance; an internal one runs inline in the worker child, and
-#: this limit kills the child (and the tool with it) if the call overruns.
-HARD_LIMIT_MARGIN = 2.0
 
 __all__ = ["Bus", "Event"]
 
@@ -74,13 +70,12 @@ class Bus:
                 f"no worker serves {descriptor.queue}, so the call was not sent: start the tool workers "
                 f"({workers}) with the same REDIS_URL and broker as this caller"
             )
+        # No Celery ``expires`` and no ``time_limit``: the task carries the deadline, refuses to start
+        # a call that is still queued at it (ToolTimeout, "... was not run"), and the worker ends a
+        # call that runs past it (worker.deadlines). ``expires`` cost every task an ISO date to build,
+        # parse and check (~7% of a trivial eval's round trip; docs/worker-performance.md), and a
+        # ``time_limit`` would count from when a worker child took the call, not from the deadline.
         options: dict[str, Any] = {"queue": descriptor.queue}
-        if timeout is not None:
-            # No Celery ``expires``: the task carries the deadline and refuses to start a call that
-            # is still queued at it (ToolTimeout, "... was not run"), so nothing runs late either
-            # way, while ``expires`` cost every task an ISO date to build, parse and check (~7% of
-            # a trivial eval's round trip; docs/worker-performance.md).
-            options["time_limit"] = timeout + HARD_LIMIT_MARGIN
         # The task's name in Flower, the workers' logs and their statistics names the tool
         # (toolbus.eval:calc); the worker runs, and routes by, the real name.
         return self.app.send_task(task, kwargs={"tool": tool, **args}, shadow=f"{task}:{tool}", **options)
@@ -177,7 +172,10 @@ class Bus:
         except celery.exceptions.WorkerLostError as e:
             raise ToolCrashed(f"tool {tool}: the worker process running {call} was lost ({e})") from None
         except (celery.exceptions.TimeLimitExceeded, celery.exceptions.SoftTimeLimitExceeded):
-            raise ToolTimeout(f"tool {tool}: {call} ran past its time limit and was stopped") from None
+            raise ToolTimeout(
+                f"tool {tool}: {call} ran past its deadline and was stopped (the worker process running "
+                "it was replaced)"
+            ) from None
         except celery.exceptions.TaskRevokedError:
             raise ToolTimeout(
                 f"tool {tool}: {call} waited in the queue past its timeout and was dropped"
