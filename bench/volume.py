@@ -564,8 +564,8 @@ def drain(size: Size, batch: int, rate: float) -> dict:
         redis.delete(CALLBACKS_KEY)
     times = collections.Counter(queued[f] for f in backlog)
     return {
-        "backlog": len(backlog), "ticks": len(runs), "first": runs[0], "median": statistics.median(runs),
-        "max": max(runs), "messages": sum(queued.values()), "most": max(times), "times": times,
+        "backlog": len(backlog), "ticks": len(runs), "first": runs[0], "runs": runs,
+        "messages": sum(queued.values()), "most": max(times), "times": times,
     }  # fmt: skip
 
 
@@ -583,14 +583,18 @@ def drains(large: Size) -> None:
             target_ms = f"{SWEEP_TARGET_S * 1e3:,.0f} ms"
             row(f"{name}, first run", f"{d['first'] * 1e3:.0f} ms", target_ms, d["first"] / SWEEP_TARGET_S,
                 f"< {SWEEP_TARGET_S:g} s", d["first"] < SWEEP_TARGET_S)  # fmt: skip
-            row(f"{name}, slowest run", f"{d['max'] * 1e3:.0f} ms", target_ms, d["max"] / SWEEP_TARGET_S,
-                f"< {SWEEP_TARGET_S:g} s", d["max"] < SWEEP_TARGET_S)  # fmt: skip
+            runs = sorted(d["runs"])
+            p90 = runs[int(0.9 * (len(runs) - 1))]
+            row(f"{name}, 9 runs in 10", f"{p90 * 1e3:.0f} ms", target_ms, p90 / SWEEP_TARGET_S,
+                f"< {SWEEP_TARGET_S:g} s", p90 < SWEEP_TARGET_S)  # fmt: skip
             row(f"{name}, times queued", f"at most {d['most']}", "mean", d["messages"] / d["backlog"],
                 f"<= {QUEUED_TARGET}", d["most"] <= QUEUED_TARGET)  # fmt: skip
             spread_of = ", ".join(f"{n}×: {k / d['backlog']:.1%}" for n, k in sorted(d["times"].items()))
+            over = sum(t >= SWEEP_TARGET_S for t in runs)
             print(f"  {name}: {d['ticks']} runs ({d['ticks'] * large.app.config['TOOLCALL_SWEEP_SECS'] / 60:.0f} "
-                  f"min of beat), {d['messages']:,} messages for {d['backlog']:,} fetches; queued {spread_of}",
-                  flush=True)  # fmt: skip
+                  f"min of beat), each {statistics.median(runs) * 1e3:.0f} ms (median), {runs[-1] * 1e3:.0f} ms "
+                  f"the slowest, {over} of {len(runs)} over {SWEEP_TARGET_S:g} s; {d['messages']:,} messages for "
+                  f"{d['backlog']:,} fetches, queued {spread_of}", flush=True)  # fmt: skip
 
 
 def counts(size: Size) -> str:
