@@ -263,8 +263,9 @@ class Starter:
         self.session.close()  # cookies stay: still logged in
 
     def flow(self) -> None:
-        r = self.session.post(f"{self.base}/tooluser/tools/{SLUG}/", data={"csrf_token": self.token},
-                              allow_redirects=False, timeout=TIMEOUT)  # fmt: skip
+        # A candidate starting again confirms that the open attempt is superseded (the portal asks).
+        r = self.session.post(f"{self.base}/tooluser/tools/{SLUG}/", data={"csrf_token": self.token,
+                              "supersede": "yes"}, allow_redirects=False, timeout=TIMEOUT)  # fmt: skip
         if r.status_code != 303:
             raise FlowError(f"start: HTTP {r.status_code}")
 

@@ -132,8 +132,12 @@ def settings(instance_path: Path | str | None = None, overrides: Mapping | None 
         "TOOLCALL_FETCH_GIVE_UP_SECS": seconds("TOOLCALL_FETCH_GIVE_UP_SECS", 86400),
         # The base of the retry delay, min(base * 2^n, 1 h) with equal jitter (docs/api.md §5: 5 s).
         "TOOLCALL_FETCH_BACKOFF_BASE_SECS": seconds("TOOLCALL_FETCH_BACKOFF_BASE_SECS", 5),
-        # The most one sweep run queues, and ends of each kind of stale attempt.
-        "TOOLCALL_SWEEP_BATCH": whole_number("TOOLCALL_SWEEP_BATCH", 2000, least=1),
+        # The most one sweep run queues, and ends of each kind of stale attempt. A run's time grows
+        # with its batch (a message costs 0.5-0.9 ms to publish here, half a run: bench/volume.py)
+        # and must stay well under the period and the lock's 60 s: 1,000 takes about a second, and
+        # every 10 s drains a lost backlog at the pace of one callbacks process (docs/operating.md,
+        # "The sweep"; 2,000 took 1.8 s, too close to the 2 s target in docs/performance.md).
+        "TOOLCALL_SWEEP_BATCH": whole_number("TOOLCALL_SWEEP_BATCH", 1000, least=1),
         # How often each worker writes its state for the ops page (a worker silent for three times
         # this is shown as not heard from).
         "TOOLCALL_WORKER_STATE_SECS": seconds("TOOLCALL_WORKER_STATE_SECS", 10),
