@@ -198,7 +198,17 @@ def test_the_prune_command_says_what_it_pruned(cli_app):
     fetch(db, "done", 2 * YEAR)
     result = cli_app.test_cli_runner().invoke(args=["prune", "--older-than", "365d", "--batch", "2"])
     assert result.exit_code == 0, result.output
-    assert "pruned 7 log rows, 1 finished result fetches and 0 kept bodies" in result.output
+    assert (
+        "pruned 7 log rows, 1 finished result fetches and 0 kept bodies older than 365 days" in result.output
+    )
+
+
+@pytest.mark.parametrize(
+    ("age", "words"), [("36h", "36 hours"), ("2w", "14 days"), ("1d", "1 day"), ("1500m", "25 hours")]
+)
+def test_the_prune_command_says_the_cutoff_in_the_units_it_was_given_in(cli_app, age, words):
+    result = cli_app.test_cli_runner().invoke(args=["prune", "--older-than", age, "--dry-run"])
+    assert result.exit_code == 0 and f"older than {words} (" in result.output, result.output
 
 
 def test_the_prune_command_dry_run_changes_nothing(cli_app):

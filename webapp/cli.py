@@ -233,7 +233,7 @@ def prune(older_than, bodies_older_than, batch, pause, dry_run) -> None:
     verb = "would prune" if dry_run else "pruned"
     click.echo(
         f"{verb} {done.log_rows} log rows, {done.fetches} finished result fetches and {done.bodies} kept bodies "
-        f"older than {older_than.days} days ({done.batches} batches)"
+        f"older than {retention.age_words(older_than)} ({done.batches} batches)"
     )
 
 

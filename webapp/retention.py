@@ -163,3 +163,13 @@ def parse_age(text: str) -> timedelta:
     if unit not in units or not number.isdigit():
         raise ValueError(f"{text!r} is not an age; write e.g. 365d, 52w or 36h")
     return timedelta(**{units[unit]: int(number)})
+
+
+def age_words(age: timedelta) -> str:
+    """An age in words, in the largest unit that says it exactly: ``14 days``, ``36 hours``."""
+    minutes = int(age.total_seconds()) // 60
+    size, unit = next(
+        (size, unit) for size, unit in ((1440, "day"), (60, "hour"), (1, "minute")) if minutes % size == 0
+    )
+    count = minutes // size
+    return f"{count} {unit}{'' if count == 1 else 's'}"
