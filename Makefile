@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench lint clean tools browser chaos
+.PHONY: test run bench lint clean tools browser chaos screenshots
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
 	  elif sudo -n true 2>/dev/null; then sudo apt-get install -y -q chromium; \
 	  else echo "Chromium is missing: 'sudo apt-get install chromium' (the browser test needs it)"; fi; }
+
+# Retakes the README's pictures in docs/images: the browser test takes them in Chromium, as a
+# candidate and an operator see the pages (it needs Redis, as `make test` does).
+screenshots: $(STAMP) browser
+	rm -rf test-artifacts/browser/docs-images
+	CI=true $(PY) -m pytest -q tests/test_browser.py -k a_candidate_passes_the_demo_exam
+	cp test-artifacts/browser/docs-images/*.png docs/images/
 
 # Full fault-injection variants (the fast ones run in `make test`).
 chaos: $(STAMP)

@@ -136,6 +136,12 @@ class System:
     portal_url: str
     vendor_url: str
     logs: list[Path]
+    portal_env: dict[str, str]
+
+    def add_user(self, username: str, password: str, first_name: str, last_name: str = "Tester") -> None:
+        """A candidate who can log in, added as an operator adds one (``users add``)."""
+        flask_cli(self.portal_env, "users", "add", username, "--password", password,
+                  "--first-name", first_name, "--last-name", last_name)  # fmt: skip
 
     @contextlib.contextmanager
     def logs_on_failure(self) -> Iterator[None]:
@@ -164,8 +170,9 @@ def flask_cli(env: dict[str, str], *args: str) -> None:
 
 
 @contextlib.contextmanager
-def running_system(directory: Path) -> Iterator[System]:
-    """The portal (gunicorn), the demo vendor (gunicorn) and a callbacks worker, on a fresh database.
+def running_system(directory: Path, settings: dict[str, str] | None = None) -> Iterator[System]:
+    """The portal (gunicorn), the demo vendor (gunicorn) and a callbacks worker, on a fresh database;
+    ``settings`` are more of the portal's and its worker's environment.
 
     Redis database 3 must be empty and stay the caller's for the duration."""
     portal_env = clean_environment(
@@ -174,6 +181,7 @@ def running_system(directory: Path) -> Iterator[System]:
             "REDIS_URL": REDIS_URL,
             "SECRET_KEY": "the browser test's portal key",
             "TOOLCALL_INSTANCE": str(directory / "portal"),
+            **(settings or {}),
         }
     )
     flask_cli(portal_env, "init-db")
@@ -203,7 +211,7 @@ def running_system(directory: Path) -> Iterator[System]:
         portal.wait_ready("/accounts/login/")
         vendor.wait_ready("/")
         worker.wait_ready()
-        yield System(portal.url, vendor.url, [s.log_path for s in servers] + [worker.log_path])
+        yield System(portal.url, vendor.url, [s.log_path for s in servers] + [worker.log_path], portal_env)
     finally:
         problems = []
         for stop in ([worker.stop] if worker else []) + [s.stop for s in reversed(servers)]:

@@ -266,6 +266,7 @@ def test_a_browser_reporting_a_result_sees_a_page_that_refreshes_until_stored(po
     )
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert b'http-equiv="refresh"' in response.data and b"candidate" not in response.data
+    assert b"Times are UTC." not in response.data  # no try yet: no time to keep trying until
 
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -286,6 +287,7 @@ def test_reloading_the_result_page_of_a_failed_fetch_restarts_nothing(portal, re
         assert page.status_code == 200 and b"Your result could not be fetched." in page.data
         assert b'http-equiv="refresh"' not in page.data and b"What to do:" in page.data
         assert b"listed on the operators' pages" in page.data and b"notified" not in page.data
+        assert b"Times are UTC." not in page.data  # the page shows no time
     with portal.extensions["db"].session() as session:
         assert session.scalar(select(ResultFetch)).state == "failed"
     assert redis_db.llen(CALLBACKS_KEY) == 1  # the first report's trigger only

@@ -290,6 +290,17 @@ def test_without_attempts_in_the_window_the_chart_says_so(ops):
     assert 'id="attempts-chart-empty">No attempts started in the last 24 hours.' in html
 
 
+def test_times_are_called_utc_only_on_ops_pages_that_show_times(ops):
+    client = logged_in(ops, *OPERATOR)
+    pages = ("/ops/", "/ops/toolcalls/", "/ops/fetches/", "/ops/toolbus/")
+    for path in pages:  # nothing yet: no chart, no rows, no failed calls
+        html = client.get(path).data.decode()
+        assert "Times are UTC." not in html, f"{path} says times are UTC but shows none"
+    new_fetch(ops, "R1", "failed", toolcall_id=new_toolcall(ops, HAPPY_PATH))
+    for path in pages[:3]:  # the chart and the failed fetch; the ToolCall; the failed fetch
+        assert "Times are UTC." in client.get(path).data.decode(), f"{path} shows times unexplained"
+
+
 def test_an_unknown_chart_span_shows_the_last_24_hours(ops):
     html = logged_in(ops, *OPERATOR).get("/ops/?chart=forever").data.decode()
     assert "Attempts started, last 24 hours" in html
