@@ -486,6 +486,15 @@ def test_exception_inside_the_tool_is_a_tool_error(types):
     assert types.eval("next-int(1)") == parse("2")  # the tool goes on
 
 
+def test_an_error_names_a_large_call_briefly(types):
+    # A megabyte of argument would otherwise be copied into the message, every log line and the
+    # stored task result that carry it.
+    with pytest.raises(ToolError) as info:
+        types.eval(make("boom(<str>)", "x" * 1_000_000))
+    message = str(info.value)
+    assert len(message) < 2_000 and 'boom("xxx' in message and "(1000008 characters)" in message
+
+
 def test_exception_through_eval(types):
     with pytest.raises(ToolError, match="boom"):
         types.eval('boom("boom")')

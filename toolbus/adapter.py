@@ -32,6 +32,7 @@ from typing import Any
 from toolbus import wire
 from toolbus.aterm import ATerm, as_term, term
 from toolbus.descriptors import takes_bus
+from toolbus.errors import brief
 from toolbus.signatures import method_name, to_python
 
 
@@ -154,7 +155,7 @@ def _call(tool: Any, call: ATerm, types: tuple) -> Any:
     method = getattr(tool, name, None)
     try:
         if method is None:
-            raise AttributeError(f"{type(tool).__name__} has no method {name}() for {call}")
+            raise AttributeError(f"{type(tool).__name__} has no method {name}() for {brief(call)}")
         args = [to_python(a, t) for a, t in zip(call.args, types)] if types else list(call.args)
         return method(*args)
     except Exception:

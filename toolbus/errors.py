@@ -7,6 +7,19 @@ is always ``args[0]``; extra arguments are details kept for programs (exit statu
 
 from __future__ import annotations
 
+#: How much of a call, a value or a tool's own message an error quotes: enough to recognise it.
+BRIEF_CHARS = 200
+
+
+def brief(thing: object, limit: int = BRIEF_CHARS) -> str:
+    """``thing``'s text for a message: whole when short, else its start and its length. A call's
+    arguments can be megabytes, and a message is copied into every log line and stored task result
+    that carries it."""
+    text = str(thing)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 class ToolBusError(Exception):
     """Base of every ToolBus error."""

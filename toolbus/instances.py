@@ -40,7 +40,7 @@ from typing import Any
 from toolbus import wire
 from toolbus.aterm import ATerm, Environment, as_term, parse
 from toolbus.descriptors import ToolDescriptor
-from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout, TransactionError
+from toolbus.errors import SignatureError, ToolBusError, ToolCrashed, ToolTimeout, TransactionError, brief
 from toolbus.signatures import Signature
 
 log = logging.getLogger("toolbus.instances")
@@ -361,12 +361,12 @@ class ToolInstance:
         if txn.deadline is None or txn.state == "done" or time.monotonic() < txn.deadline:
             return
         if txn is self._current:
-            log.warning("tool %s: %s overran its timeout; killing the tool", self.name, txn.call)
+            log.warning("tool %s: %s overran its timeout; killing the tool", self.name, brief(txn.call))
             self._stop_tool("timeout", graceful=False)
             self._complete(
                 txn,
                 error=ToolTimeout(
-                    f"tool {self.name}: no value for {txn.call} within the timeout; the tool was replaced"
+                    f"tool {self.name}: no value for {brief(txn.call)} within the timeout; the tool was replaced"
                 ),
             )
             self._restart_for_events()
@@ -376,7 +376,9 @@ class ToolInstance:
 
     def _expire(self, txn: Transaction) -> None:
         """A request still queued at its deadline fails without ever being sent (lock held)."""
-        self._complete(txn, error=ToolTimeout(f"tool {self.name}: {txn.call} timed out before it was sent"))
+        self._complete(
+            txn, error=ToolTimeout(f"tool {self.name}: {brief(txn.call)} timed out before it was sent")
+        )
 
     # ---- events ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from toolbus.aterm import ATerm, as_term
 from toolbus.descriptors import ToolDescriptor, takes_bus
-from toolbus.errors import SignatureError, ToolCrashed, ToolError
+from toolbus.errors import SignatureError, ToolCrashed, ToolError, brief
 from toolbus.instances import ToolInstance, Transaction
 from toolbus.signatures import from_python, to_python
 
@@ -93,7 +93,7 @@ class InternalTool(ToolInstance):
             args = [to_python(a, t) for a, t in zip(call.args, sig.pattern.args)]
             result = getattr(obj, sig.method_name)(*args)
         except Exception as e:
-            error = ToolError(f"tool {self.name}: {call} raised {type(e).__name__}: {e}")
+            error = ToolError(f"tool {self.name}: {brief(call)} raised {type(e).__name__}: {brief(e)}")
             self._answer(generation, error=error)
             return
         if txn.kind != "eval":
@@ -104,7 +104,7 @@ class InternalTool(ToolInstance):
         except (TypeError, ValueError):
             # A result with no ATerm form (None, an object) is a value of the wrong type, like any other.
             error = SignatureError(
-                f"tool {self.name}: {call} returned {result!r}, which is not of the result type "
+                f"tool {self.name}: {brief(call)} returned {brief(repr(result))}, which is not of the result type "
                 f"{sig.result}; signature: {sig.text}"
             )
             self._answer(generation, error=error)
