@@ -13,6 +13,7 @@ Findings and outcomes: docs/reliability.md, "The ToolBus under faults nobody tri
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -180,6 +181,23 @@ def test_a_call_holding_the_gil_past_the_process_key_expiry_is_not_reported_cras
     value = bus.eval("counter", make("hold(<str>,<real>)", str(marker), HOLD), timeout=TIMEOUT)
     assert value == parse(Path(marker).read_text())  # the pid of the child that held the GIL
     assert Path(f"{marker}.done").exists()
+
+
+def test_a_task_published_twice_runs_once(bus):
+    """redis-py retries a command whose reply was lost, so a call's message can reach the queue twice
+    under one task id (a retried LPUSH, played here by sending the same message twice). The call runs
+    once, and the caller gets the value of that run."""
+    queue = bus.tools["counter"].queue
+    pid, served = bus.eval("counter", "stamp", timeout=TIMEOUT).match("[<int>,<int>]")
+    task_id = uuid.uuid4().hex
+    message = {"tool": "counter", "call": "stamp", "deadline": time.time() + TIMEOUT}
+    for _ in range(2):
+        bus.app.send_task("toolbus.eval", kwargs=message, queue=queue, task_id=task_id)
+    result = bus.app.AsyncResult(task_id)
+    assert parse(result.get(timeout=TIMEOUT)).match("[<int>,<int>]") == [pid, served + 1]
+    # One child serves the queue in order: the copy was handled before the next call.
+    assert bus.eval("counter", "stamp", timeout=TIMEOUT).match("[<int>,<int>]") == [pid, served + 2]
+    assert parse(result.get(timeout=TIMEOUT)).match("[<int>,<int>]") == [pid, served + 1]
 
 
 # ---- 3. Two callers and one event -------------------------------------------------------------------------

@@ -4,16 +4,82 @@ Calls and values travel as ATerm text. A task carries the caller's deadline (end
 the queue counts) and gives the tool what is left of it. Errors are raised as the
 ``toolbus.errors`` classes, which the result backend stores by module, class and arguments, so the
 caller gets them back as they were.
+
+A call runs at most once, also when its message reached the queue twice: redis-py retries a command
+whose reply was lost, and the broker's push may have been done already. So a task first claims its
+id in Redis (``toolbus:task:<id>``); a second copy finds the claim taken, runs nothing and stores
+nothing (Celery's ``Ignore``), and the caller gets the value of the first. The STARTED state, which
+tells the caller which process runs the call, is written after the claim, not before it as Celery's
+``track_started`` would, so that a copy cannot overwrite the first's outcome with it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+import uuid
+
+import redis
+from celery import states
+from celery.exceptions import Ignore
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from toolbus.aterm import parse
 from toolbus.errors import ToolBusError, ToolTimeout
 from worker import ownership
 from worker.app import app
+from worker.events import PREFIX, connect_redis
+from worker.process import ProcessLocal
+
+log = logging.getLogger("worker.call_tasks")
+
+#: Seconds a task id stays claimed past its deadline (a copy of its message comes right after it;
+#: one that comes after the deadline is refused by the deadline anyway), or in all for a do without one.
+CLAIM_SECS = 3600
+#: Seconds a claim may take: a worker must not stall on a Redis that is away.
+CLAIM_TIMEOUT = 5.0
+
+# Claims task id KEYS[1] for this run (ARGV[1], fresh per run): 1 when it is this run's, also when a
+# retry after a lost reply finds its own claim, 0 when another run has it.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then return 1 end
+return 0
+"""
+
+
+def _claimer():
+    # One retry, at once: a connection that a network blip broke since the last task fails its first
+    # command, and claiming again is safe (the run's own claim is recognised).
+    client = connect_redis(
+        socket_connect_timeout=CLAIM_TIMEOUT, socket_timeout=CLAIM_TIMEOUT, retry=Retry(NoBackoff(), 1)
+    )
+    return client.register_script(_CLAIM)
+
+
+_claims: ProcessLocal = ProcessLocal(_claimer)
+
+
+def _start(task, tool: str, what: str, deadline: float | None) -> None:
+    """Claim the task's id, then say STARTED; a second copy of the message stops here (``Ignore``)."""
+    ttl = CLAIM_SECS if deadline is None else max(60, int(deadline - time.time()) + 60)
+    try:
+        mine = _claims.get()(keys=[f"{PREFIX}:task:{task.request.id}"], args=[uuid.uuid4().hex, ttl])
+    except redis.RedisError as e:
+        raise ToolBusError(
+            f"tool {tool}: {what} was not run: the worker could not claim it in Redis, which keeps a call "
+            f"from running twice ({type(e).__name__}: {e})"
+        ) from None
+    if not mine:
+        log.warning("task %s (%s on %s) arrived twice; the copy was dropped", task.request.id, what, tool)
+        raise Ignore()
+    task.update_state(state=states.STARTED, meta={"pid": os.getpid(), "hostname": task.request.hostname})
 
 
 def _remaining(tool: str, call: str, deadline: float | None) -> float | None:
@@ -32,9 +98,10 @@ def _remaining(tool: str, call: str, deadline: float | None) -> float | None:
     return None if ownership.descriptors()[tool].internal else left
 
 
-@app.task(name="toolbus.eval")
-def eval_call(tool: str, call: str, deadline: float | None = None) -> str:
+@app.task(name="toolbus.eval", bind=True, track_started=False)
+def eval_call(self, tool: str, call: str, deadline: float | None = None) -> str:
     """Evaluate ``call`` on this process's instance of ``tool``; returns the value as text."""
+    _start(self, tool, call, deadline)
     term = parse(call)  # its signature is checked by the instance (the Bus checked it before sending)
     try:
         return str(ownership.instance(tool).eval(term, timeout=_remaining(tool, call, deadline)))
@@ -42,10 +109,11 @@ def eval_call(tool: str, call: str, deadline: float | None = None) -> str:
         ownership.settle(tool)
 
 
-@app.task(name="toolbus.do")
-def do_call(tool: str, call: str, deadline: float | None = None) -> None:
+@app.task(name="toolbus.do", bind=True, track_started=False)
+def do_call(self, tool: str, call: str, deadline: float | None = None) -> None:
     """Perform ``call`` on this process's instance of ``tool`` (nobody waits for it: a failure is
     logged and shows as a failed task)."""
+    _start(self, tool, call, deadline)
     term = parse(call)
     try:
         ownership.instance(tool).do(term, wait=True, timeout=_remaining(tool, call, deadline))
@@ -53,9 +121,10 @@ def do_call(tool: str, call: str, deadline: float | None = None) -> None:
         ownership.settle(tool)
 
 
-@app.task(name="toolbus.eval_many")
-def eval_many(tool: str, calls: list[str], deadline: float | None = None) -> list[dict]:
+@app.task(name="toolbus.eval_many", bind=True, track_started=False)
+def eval_many(self, tool: str, calls: list[str], deadline: float | None = None) -> list[dict]:
     """Evaluate a batch in one task. Each slot is {"value": text} or {"error": class, "args": [...]}."""
+    _start(self, tool, f"a batch of {len(calls)} calls", deadline)
     inst = ownership.instance(tool)
     results: list[dict] = []
     for call in calls:
