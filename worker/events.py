@@ -72,7 +72,8 @@ return 0
 
 
 # The state of an instance from its key and its process's key, in one round trip: 2 alive (or no
-# process named: the key alone says it), 1 silent (its process key has expired), 0 gone.
+# process named: the key alone says it), 1 silent (its process key has expired), 0 gone. (The process
+# key is read by the name the instance key holds, not passed in KEYS: one Redis server, not a cluster.)
 _INSTANCE_STATE = """
 local process = redis.call('GET', KEYS[1])
 if not process then return 0 end

@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
 from celery import signals
@@ -164,7 +165,7 @@ atexit.register(shutdown)
 # ---- the process key --------------------------------------------------------------------------------
 
 
-def _start_beat(worker: str, children=None) -> None:
+def _start_beat(worker: str, children: Callable[[], list[int]] | None = None) -> None:
     """Keep this process's key alive from now on (once per process; a forked child starts its own),
     and the keys of the pool children that ``children()`` lists.
 
@@ -241,7 +242,7 @@ class _ProcessBeat:
     (Redis unreachable) is logged once and tried again a second later: the key outlives a few.
     """
 
-    def __init__(self, worker: str, children=None):
+    def __init__(self, worker: str, children: Callable[[], list[int]] | None = None):
         self.worker = worker
         self.pid = os.getpid()
         self.children = children
