@@ -22,10 +22,12 @@ import uuid
 
 import redis
 from celery import states
+from celery.backends.base import BaseKeyValueStoreBackend
 from celery.exceptions import Ignore
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import celeryconfig
 from toolbus.aterm import parse
 from toolbus.errors import ToolBusError, ToolTimeout
 from worker import ownership
@@ -36,8 +38,11 @@ from worker.process import ProcessLocal
 log = logging.getLogger("worker.call_tasks")
 
 #: Seconds a task id stays claimed past its deadline (a copy of its message comes right after it;
-#: one that comes after the deadline is refused by the deadline anyway), or in all for a do without one.
-CLAIM_SECS = 3600
+#: one that comes after the deadline is refused by the deadline before it claims anything).
+CLAIM_MARGIN = 60
+#: Seconds a task id without a deadline (a do) stays claimed: past the time limit of every task, so
+#: that a copy waiting behind its first run cannot outlast the claim.
+CLAIM_SECS = celeryconfig.MAX_EVAL_TIMEOUT + 600
 #: Seconds a claim may take: a worker must not stall on a Redis that is away.
 CLAIM_TIMEOUT = 5.0
 
@@ -68,7 +73,13 @@ _claims: ProcessLocal = ProcessLocal(_claimer)
 
 def _start(task, tool: str, what: str, deadline: float | None) -> None:
     """Claim the task's id, then say STARTED; a second copy of the message stops here (``Ignore``)."""
-    ttl = CLAIM_SECS if deadline is None else max(60, int(deadline - time.time()) + 60)
+    if deadline is None:
+        ttl = CLAIM_SECS
+    else:
+        left = deadline - time.time()
+        if left <= 0:
+            raise ToolTimeout(f"tool {tool}: {what} waited in the queue past its timeout and was not run")
+        ttl = int(left) + CLAIM_MARGIN
     try:
         mine = _claims.get()(keys=[f"{PREFIX}:task:{task.request.id}"], args=[uuid.uuid4().hex, ttl])
     except redis.RedisError as e:
@@ -79,7 +90,27 @@ def _start(task, tool: str, what: str, deadline: float | None) -> None:
     if not mine:
         log.warning("task %s (%s on %s) arrived twice; the copy was dropped", task.request.id, what, tool)
         raise Ignore()
-    task.update_state(state=states.STARTED, meta={"pid": os.getpid(), "hostname": task.request.hostname})
+    _say_started(task)
+
+
+def _say_started(task) -> None:
+    """Store STARTED (the worker and pid running the call, which the caller watches) as Celery's
+    ``track_started`` would, less the read before the write.
+
+    Celery reads the stored state before every write, so as not to overwrite a stored success. This
+    run holds the task's claim: nothing else has stored anything under its id, and the read would
+    only add a round trip to the one the claim costs (docs/worker-performance.md). ``_get_result_meta``
+    is Celery's own, as pinned in requirements.txt."""
+    backend = task.backend
+    started = {"pid": os.getpid(), "hostname": task.request.hostname}
+    if not isinstance(backend, BaseKeyValueStoreBackend):
+        task.update_state(state=states.STARTED, meta=started)
+        return
+    meta = backend._get_result_meta(
+        result=started, state=states.STARTED, traceback=None, request=task.request
+    )
+    meta["task_id"] = task.request.id
+    backend.set(backend.get_key_for_task(task.request.id), backend.encode(meta))
 
 
 def _remaining(tool: str, call: str, deadline: float | None) -> float | None:
