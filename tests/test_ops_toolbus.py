@@ -32,7 +32,7 @@ from toolbus.descriptors import load_tools
 from toolbus.errors import ToolCrashed, ToolError, ToolTimeout
 from webapp import create_app
 from worker.launcher import forget_tool_starts, node_name, plan
-from worker.records import Records, ToolStarts, WorkerState, connect
+from worker.records import STARTS_KEY, WORKER_FORGOTTEN_SECS, Records, ToolStarts, WorkerState, connect
 
 pytestmark = pytest.mark.process
 
@@ -337,6 +337,29 @@ def test_without_failed_calls_the_page_says_so(tmp_path, portal_environment, qui
 
 
 # ---- the launcher -----------------------------------------------------------------------------------
+
+
+def test_the_starts_of_a_worker_gone_for_a_day_are_forgotten(quiet_db):
+    """Every worker name, tool and child slot ever seen would stay in the hash for ever (worker names
+    carry the host name: a host replaced is a new name). A field whose worker has written no state and
+    no start for WORKER_FORGOTTEN_SECS goes, whoever writes or reads the hash next."""
+    now = time.time()
+    long_ago = now - WORKER_FORGOTTEN_SECS - 60
+    records = Records(connect(redis_url(DB)))
+    try:
+        records.tool_started("toolbus-shared-old@gone", "calc", 0, 4, at=long_ago)
+        records.worker_seen(WorkerState("toolbus-shared-steady@here", now, 1, 1, {}, {}, []))
+        records.tool_started("toolbus-shared-steady@here", "calc", 1, 1, at=long_ago)
+        records.tool_started("toolbus-shared-new@there", "calc", 0, 2, at=now)
+        assert records.tool_starts(now) == [
+            ToolStarts("toolbus-shared-new@there", "calc", 0, 2),
+            ToolStarts("toolbus-shared-steady@here", "calc", 1, 1),  # its worker still runs
+        ]
+        assert records.redis.hlen(STARTS_KEY) == 2
+        records.tool_started("toolbus-shared-old@gone", "calc", 0, 1, at=now)  # it came back: counts afresh
+        assert ToolStarts("toolbus-shared-old@gone", "calc", 0, 1) in records.tool_starts(now)
+    finally:
+        records.redis.close()
 
 
 def test_a_launcher_starts_the_restart_counts_of_its_own_workers_afresh(tmp_path, quiet_db):

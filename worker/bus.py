@@ -148,7 +148,7 @@ class Bus:
 
     def _wait(self, result, tool: str, call: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
-        runner = _Runner(self.events, result)
+        runner = _Runner(self.events, result, self.app)
         while True:
             left = deadline - time.monotonic()
             try:
@@ -213,16 +213,23 @@ class Bus:
 class _Runner:
     """Whether the worker process running a call has died without anyone reporting it.
 
-    Celery's STARTED state names the worker and the pid running the call; that process keeps a key
-    on the event channel alive while it lives (``worker.ownership``). The call is lost once the key
-    was seen and is then missing twice in a row, ``WATCH_SECS`` apart: a Redis that restarted
-    empty gets the key back within a second. A process never seen alive (a worker of an older
-    version, or the state not readable) is never declared lost: the caller waits for its timeout.
+    Celery's STARTED state names the worker and the pid running the call; that process's key on the
+    event channel is kept alive while it lives, by the process and by its worker's main process
+    (``worker.ownership``). The call is lost once the key was seen and is then missing twice in a
+    row, ``WATCH_SECS`` apart (a Redis that restarted empty gets the key back within a second), and
+    the worker, asked through the broker (Celery's ``stats``), does not name the process among its
+    own: its keys may only be missing because it cannot reach Redis (a worker restarted under the
+    same name answers with other pids). A process never seen alive (a worker of an older version, or
+    the state not readable) is never declared lost: the caller waits for its timeout.
     """
 
-    def __init__(self, events: EventChannel, result):
+    #: Seconds the worker of a call gets to say whether the process running it is still its own.
+    ASK_SECS = 1.0
+
+    def __init__(self, events: EventChannel, result, app: Celery | None = None):
         self.events = events
         self.result = result
+        self.app = app
         # Reading a task's state is a plain read from a key-value backend (Redis); from the rpc://
         # backend it would consume the reply messages, the call's value among them.
         self.readable = isinstance(result.backend, BaseKeyValueStoreBackend)
@@ -253,6 +260,26 @@ class _Runner:
         if self.missing < 2:
             return False
         try:
-            return not self.result.ready()  # a process that ended normally stored the value first
+            if self.result.ready():  # a process that ended normally stored the value first
+                return False
         except Exception:
             return False
+        if self._still_running():
+            self.missing = 0
+            return False
+        return True
+
+    def _still_running(self) -> bool:
+        """True when the worker answers and names the process among its own (its main process or a
+        pool child); a worker restarted under the same name has other pids."""
+        if self.app is None:
+            return False
+        try:
+            replies = self.app.control.inspect(
+                destination=[self.worker], timeout=self.ASK_SECS, limit=1
+            ).stats()
+        except Exception:
+            return True  # the broker is unreachable: nothing is known, so nothing is declared
+        stats = (replies or {}).get(self.worker) or {}
+        pool = stats.get("pool") or {}
+        return self.pid == stats.get("pid") or self.pid in (pool.get("processes") or [])

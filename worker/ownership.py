@@ -16,11 +16,19 @@ so that a caller who has just heard of a crash or of the instance's last request
 old tool refused.
 
 Every worker process that runs calls (each prefork child; the main process of the other pools)
-also keeps its process key on the event channel alive (``_ProcessBeat``). A child killed on its
-own is reported to its caller by the worker's main process (``WorkerLostError``), but when the main
-process dies the kernel kills the children with it (Celery arms their parent-death signal) and
-nobody is left to report their calls: the caller sees the key of the process running its call
-expire and raises ``ToolCrashed`` instead of waiting until its timeout (``worker.bus``).
+also keeps its process key on the event channel alive (``_ProcessBeat``), and the worker's main
+process keeps its pool children's keys alive too: a call in a child can silence every thread of the
+child for as long as it runs (C code that holds the GIL), and neither its caller nor the callers
+acking its tool's events may take that for a death. A child killed on its own is reported to its
+caller by the worker's main process (``WorkerLostError``), but when the main process dies the kernel
+kills the children with it (Celery arms their parent-death signal) and nobody is left to report
+their calls: the caller sees the key of the process running its call expire and raises
+``ToolCrashed`` instead of waiting until its timeout (``worker.bus``).
+
+An instance's key on the event channel names its process's key, which says whether it is alive; the
+instance key itself only says which tool is running in it, and is replaced when the tool is. So a
+long call, which holds the instance and keeps the relay from refreshing anything, does not make a
+live instance look dead.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
 from celery import signals
@@ -42,7 +51,7 @@ from toolbus.aterm import ATerm, parse
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
 from toolbus.errors import ToolBusError
 from toolbus.instances import ToolInstance, start_tool
-from worker import health
+from worker import events, health
 from worker.events import EventChannel, connect_redis
 from worker.process import ProcessLocal
 
@@ -156,13 +165,46 @@ atexit.register(shutdown)
 # ---- the process key --------------------------------------------------------------------------------
 
 
-def _start_beat(worker: str) -> None:
-    """Keep this process's key alive from now on (once per process; a forked child starts its own).
+def _start_beat(worker: str, children: Callable[[], list[int]] | None = None) -> None:
+    """Keep this process's key alive from now on (once per process; a forked child starts its own),
+    and the keys of the pool children that ``children()`` lists.
 
     Called from Celery's signals, which a process sends one at a time."""
     owned = _owned.get()
     if owned.beat is None:
-        owned.beat = _ProcessBeat(worker)  # talks to Redis: not under the lock the tasks use
+        owned.beat = _ProcessBeat(worker, children)  # talks to Redis: not under the lock the tasks use
+
+
+def process_key() -> str | None:
+    """The key on the event channel that says whether this worker process is alive (None outside a
+    worker process)."""
+    owned = _owned.peek()
+    beat = owned.beat if owned is not None else None
+    return events.process_key(beat.worker, beat.pid) if beat is not None else None
+
+
+def _pool_children(consumer) -> list[int]:
+    """The pids of a prefork pool's children that are running (none for the other pools)."""
+    processes = getattr(getattr(getattr(consumer, "pool", None), "_pool", None), "_pool", None) or []
+    running = []
+    for process in list(processes):
+        pid = getattr(process, "pid", None)
+        if pid and _exists(pid):
+            running.append(pid)
+    return running
+
+
+def _exists(pid: int) -> bool:
+    """True while process ``pid`` runs (a child that died and awaits its reaping is dead)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return True  # no /proc: the signal test is all there is
 
 
 def _stop_beat() -> None:
@@ -178,8 +220,9 @@ def _on_process_init(sender=None, **_):
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_):
-    # The solo and thread pools run calls in the main process (prefork: a harmless extra key).
-    _start_beat(sender.hostname)
+    # The solo and thread pools run calls in the main process (prefork: a harmless extra key); a
+    # prefork main process also vouches for its children, which it sees alive whatever they run.
+    _start_beat(sender.hostname, lambda: _pool_children(sender))
 
 
 @signals.worker_shutdown.connect
@@ -191,16 +234,18 @@ atexit.register(_stop_beat)
 
 
 class _ProcessBeat:
-    """Refreshes ``toolbus:process:<worker>:<pid>`` every ``BEAT_SECS`` while this process lives.
+    """Refreshes ``toolbus:process:<worker>:<pid>`` every ``BEAT_SECS`` while this process lives, and
+    prolongs the keys of the running children that ``children()`` lists.
 
     The first refresh happens before the process runs any call, so a caller who sees its call
     started (Celery's STARTED state names the worker and pid) finds the key. A refresh that fails
     (Redis unreachable) is logged once and tried again a second later: the key outlives a few.
     """
 
-    def __init__(self, worker: str):
+    def __init__(self, worker: str, children: Callable[[], list[int]] | None = None):
         self.worker = worker
         self.pid = os.getpid()
+        self.children = children
         # Timeouts: the first refresh runs while the child starts, which must not hang on a Redis away.
         self.channel = EventChannel(connect_redis(socket_connect_timeout=2.0, socket_timeout=2.0))
         self._stop = threading.Event()
@@ -211,7 +256,7 @@ class _ProcessBeat:
 
     def _refresh(self) -> None:
         try:
-            self.channel.process_alive(self.worker, self.pid)
+            self.channel.process_alive(self.worker, self.pid, self.children() if self.children else ())
         except Exception as e:
             if not self._failing:
                 log.warning("worker %s pid %s: cannot refresh its process key: %s", self.worker, self.pid, e)
@@ -321,7 +366,7 @@ class _EventRelay:
                 try:
                     self._bury()
                     if name is not None:
-                        self.channel.alive(name)
+                        self.channel.alive(name, process_key())
                 except redis.RedisError as e:
                     self._synced = False
                     self._outage.failed(e)

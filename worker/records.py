@@ -8,6 +8,7 @@ the metrics read it instead of asking every worker on every view (a Celery broad
 asker for a second or more).
 
     toolbus:tool-starts    hash: field ["<worker>", "<tool>", <child index>] -> tools started there
+    toolbus:tool-starts-at hash: the same fields -> Unix time of the latest start counted there
     toolbus:errors         list: the latest failed calls, newest first, at most ERRORS_KEPT (JSON)
     toolbus:failed-calls   hash: tool -> failed calls in all (a counter for the metrics)
     toolbus:workers        hash: worker name -> its state as it last wrote it (JSON, with ``at``)
@@ -19,7 +20,9 @@ the same index. So the first start counted under a field is the tool's first sta
 and every later one is a restart -- after a crash or a timeout in the same child, or in a fresh
 child after recycling (``restart_frequency``) or after the worker itself was restarted.
 ``python -m worker tools`` forgets the starts of its workers when it starts: restarts count from
-there.
+there. A field whose worker has written neither its state nor a start for ``WORKER_FORGOTTEN_SECS``
+is dropped whenever starts are written or read: worker names carry their host's name, and without
+that every host ever replaced would stay in the hash.
 
 No Celery here: the workers write through ``worker.health`` (Celery's signals) and
 ``worker.fetch_tasks``, the portal's ops page (``webapp.toolbus_status``) and metrics
@@ -29,6 +32,7 @@ No Celery here: the workers write through ``worker.health`` (Celery's signals) a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -37,6 +41,7 @@ import redis
 from worker.events import PREFIX, connect_redis
 
 STARTS_KEY = f"{PREFIX}:tool-starts"
+STARTS_AT_KEY = f"{PREFIX}:tool-starts-at"
 ERRORS_KEY = f"{PREFIX}:errors"
 FAILED_KEY = f"{PREFIX}:failed-calls"
 WORKERS_KEY = f"{PREFIX}:workers"
@@ -131,8 +136,17 @@ class Records:
 
     # ---- the workers -------------------------------------------------------------------------------
 
-    def tool_started(self, worker: str, tool: str, child: int, count: int = 1) -> None:
-        self.redis.hincrby(STARTS_KEY, json.dumps([worker, tool, child]), count)
+    def tool_started(
+        self, worker: str, tool: str, child: int, count: int = 1, at: float | None = None
+    ) -> None:
+        """``count`` starts of ``tool`` in child slot ``child`` of ``worker``, at Unix time ``at`` (now)."""
+        at = time.time() if at is None else at
+        field = json.dumps([worker, tool, child])
+        pipe = self.redis.pipeline()  # both or neither
+        pipe.hincrby(STARTS_KEY, field, count)
+        pipe.hset(STARTS_AT_KEY, field, f"{at:.0f}")
+        pipe.execute()
+        self._forget_old_starts(time.time())  # starts are rare: the hash is kept small as they come
 
     def calls_failed(self, failures: list[CallFailure]) -> None:
         if not failures:
@@ -166,10 +180,13 @@ class Records:
         stale = [field for field, _ in self._starts() if json.loads(field)[0] in workers]
         if stale:
             self.redis.hdel(STARTS_KEY, *stale)
+            self.redis.hdel(STARTS_AT_KEY, *stale)
 
     # ---- the ops page ------------------------------------------------------------------------------
 
-    def tool_starts(self) -> list[ToolStarts]:
+    def tool_starts(self, now: float | None = None) -> list[ToolStarts]:
+        """The start counts (those of workers gone for ``WORKER_FORGOTTEN_SECS`` are dropped)."""
+        self._forget_old_starts(time.time() if now is None else now)
         found = []
         for field, count in self._starts():
             worker, tool, child = json.loads(field)
@@ -226,3 +243,30 @@ class Records:
 
     def _starts(self) -> list[tuple[str, bytes]]:
         return [(field.decode(), count) for field, count in self.redis.hscan_iter(STARTS_KEY)]
+
+    def _forget_old_starts(self, now: float) -> None:
+        """Drop the fields whose latest start is older than ``WORKER_FORGOTTEN_SECS`` and whose worker
+        has not written its state within that time either. A field without a time (written before
+        times were) gets ``now``."""
+        last_start = {field.decode(): float(at) for field, at in self.redis.hscan_iter(STARTS_AT_KEY)}
+        starts = dict(self._starts())
+        seen: dict[str, float] = {}
+        for name, raw in self.redis.hscan_iter(WORKERS_KEY):
+            try:
+                seen[name.decode()] = float(json.loads(raw)["at"])
+            except (ValueError, TypeError, KeyError):
+                continue
+        untimed = [field for field in starts if field not in last_start]
+        old = [
+            field
+            for field in starts
+            if field in last_start
+            and now - max(last_start[field], seen.get(json.loads(field)[0], 0.0)) > WORKER_FORGOTTEN_SECS
+        ]
+        orphans = [field for field in last_start if field not in starts]
+        if untimed:
+            self.redis.hset(STARTS_AT_KEY, mapping={field: f"{now:.0f}" for field in untimed})
+        if old:
+            self.redis.hdel(STARTS_KEY, *old)
+        if old or orphans:
+            self.redis.hdel(STARTS_AT_KEY, *old, *orphans)
