@@ -31,7 +31,7 @@ from toolbus.aterm import (
     parse,
     term,
 )
-from toolbus.errors import SignatureError
+from toolbus.errors import SignatureError, brief
 
 KINDS = ("eval", "do", "event")
 
@@ -229,12 +229,12 @@ class Signatures:
 
     def _reject(self, what: str, t: ATerm, candidates: list[Signature]) -> SignatureError:
         return SignatureError(
-            f"tool {self.tool}: {what} {_short(t)} fits no signature; {self._closest(candidates, t)}"
+            f"tool {self.tool}: {what} {brief(t)} fits no signature; {self._closest(candidates, t)}"
         )
 
     def _closed(self, what: str, t: ATerm) -> None:
         if is_open(t):
-            raise SignatureError(f"tool {self.tool}: {what} {_short(t)} still contains a variable (X?)")
+            raise SignatureError(f"tool {self.tool}: {what} {brief(t)} still contains a variable (X?)")
 
     def check_eval(self, call: ATerm) -> Signature:
         """The eval signature ``call`` fits; SignatureError if none."""
@@ -256,7 +256,7 @@ class Signatures:
         """A value returned for an eval must be of the eval's result type."""
         if not conforms(value, sig.result):
             raise SignatureError(
-                f"tool {self.tool}: value {_short(value)} for {_short(sig.pattern)} is not of the result type "
+                f"tool {self.tool}: value {brief(value)} for {brief(sig.pattern)} is not of the result type "
                 f"{sig.result}; signature: {sig.text}"
             )
 
@@ -272,10 +272,5 @@ class Signatures:
         self._closed("ack", result)
         if not conforms(result, sig.result):
             raise SignatureError(
-                f"tool {self.tool}: ack {_short(result)} is not of the ack type {sig.result}; signature: {sig.text}"
+                f"tool {self.tool}: ack {brief(result)} is not of the ack type {sig.result}; signature: {sig.text}"
             )
-
-
-def _short(t: ATerm, limit: int = 200) -> str:
-    text = str(t)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

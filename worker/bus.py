@@ -27,7 +27,7 @@ from celery.backends.base import BaseKeyValueStoreBackend
 import toolbus.errors as errors
 from toolbus.aterm import ATerm, as_term, parse
 from toolbus.descriptors import ToolDescriptor, default_tools_path, load_tools
-from toolbus.errors import NoWorker, SignatureError, ToolBusError, ToolCrashed, ToolTimeout
+from toolbus.errors import NoWorker, SignatureError, ToolBusError, ToolCrashed, ToolTimeout, brief
 from worker import served
 from worker.app import make_app
 from worker.events import Event, EventChannel, connect_redis
@@ -155,10 +155,12 @@ class Bus:
                 return self._get(result, tool, call, max(0.0, min(left, WATCH_SECS)))
             except celery.exceptions.TimeoutError:
                 if left <= WATCH_SECS:
-                    raise ToolTimeout(f"tool {tool}: no value for {call} within {timeout:g} s") from None
+                    raise ToolTimeout(
+                        f"tool {tool}: no value for {brief(call)} within {timeout:g} s"
+                    ) from None
                 if runner.lost():
                     raise ToolCrashed(
-                        f"tool {tool}: the worker process running {call} was lost (pid {runner.pid} "
+                        f"tool {tool}: the worker process running {brief(call)} was lost (pid {runner.pid} "
                         f"of {runner.worker} is gone, and nobody was left to report the call)"
                     ) from None
 
@@ -170,18 +172,20 @@ class Bus:
         except (ToolBusError, celery.exceptions.TimeoutError):
             raise
         except celery.exceptions.WorkerLostError as e:
-            raise ToolCrashed(f"tool {tool}: the worker process running {call} was lost ({e})") from None
+            raise ToolCrashed(
+                f"tool {tool}: the worker process running {brief(call)} was lost ({e})"
+            ) from None
         except (celery.exceptions.TimeLimitExceeded, celery.exceptions.SoftTimeLimitExceeded):
             raise ToolTimeout(
-                f"tool {tool}: {call} ran past its deadline and was stopped (the worker process running "
+                f"tool {tool}: {brief(call)} ran past its deadline and was stopped (the worker process running "
                 "it was replaced)"
             ) from None
         except celery.exceptions.TaskRevokedError:
             raise ToolTimeout(
-                f"tool {tool}: {call} waited in the queue past its timeout and was dropped"
+                f"tool {tool}: {brief(call)} waited in the queue past its timeout and was dropped"
             ) from None
         except Exception as e:
-            raise ToolBusError(f"tool {tool}: {call} failed: {type(e).__name__}: {e}") from None
+            raise ToolBusError(f"tool {tool}: {brief(call)} failed: {type(e).__name__}: {brief(e)}") from None
 
     # ---- events ------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 import celeryconfig
 from toolbus.aterm import parse
-from toolbus.errors import ToolBusError, ToolTimeout
+from toolbus.errors import ToolBusError, ToolTimeout, brief
 from worker import ownership
 from worker.app import app
 from worker.deadlines import DeadlineRequest
@@ -80,13 +80,15 @@ def _start(task, tool: str, what: str, deadline: float | None) -> None:
     else:
         left = deadline - time.time()
         if left <= 0:
-            raise ToolTimeout(f"tool {tool}: {what} waited in the queue past its timeout and was not run")
+            raise ToolTimeout(
+                f"tool {tool}: {brief(what)} waited in the queue past its timeout and was not run"
+            )
         ttl = int(left) + CLAIM_MARGIN
     try:
         mine = _claims.get()(keys=[f"{PREFIX}:task:{task.request.id}"], args=[uuid.uuid4().hex, ttl])
     except redis.RedisError as e:
         raise ToolBusError(
-            f"tool {tool}: {what} was not run: the worker could not claim it in Redis, which keeps a call "
+            f"tool {tool}: {brief(what)} was not run: the worker could not claim it in Redis, which keeps a call "
             f"from running twice ({type(e).__name__}: {e})"
         ) from None
     if not mine:
@@ -127,7 +129,7 @@ def _remaining(tool: str, call: str, deadline: float | None) -> float | None:
         return None
     left = deadline - time.time()
     if left <= 0:
-        raise ToolTimeout(f"tool {tool}: {call} waited in the queue past its timeout and was not run")
+        raise ToolTimeout(f"tool {tool}: {brief(call)} waited in the queue past its timeout and was not run")
     descriptor = ownership.descriptors().get(tool)  # an unknown tool is refused by ownership.instance
     return None if descriptor is not None and descriptor.internal else left
 
