@@ -53,7 +53,7 @@ from toolbus.errors import ToolBusError
 from toolbus.instances import ToolInstance, start_tool
 from worker import events, health
 from worker.events import EventChannel, connect_redis
-from worker.process import ProcessLocal
+from worker.process import Heartbeat, ProcessLocal
 
 log = logging.getLogger("worker.ownership")
 
@@ -245,31 +245,17 @@ class _ProcessBeat:
     def __init__(self, worker: str, children: Callable[[], list[int]] | None = None):
         self.worker = worker
         self.pid = os.getpid()
-        self.children = children
         # Timeouts: the first refresh runs while the child starts, which must not hang on a Redis away.
         self.channel = EventChannel(connect_redis(socket_connect_timeout=2.0, socket_timeout=2.0))
-        self._stop = threading.Event()
-        self._failing = False
-        self._refresh()
-        self._thread = threading.Thread(target=self._loop, name="toolbus-process-beat", daemon=True)
-        self._thread.start()
-
-    def _refresh(self) -> None:
-        try:
-            self.channel.process_alive(self.worker, self.pid, self.children() if self.children else ())
-        except Exception as e:
-            if not self._failing:
-                log.warning("worker %s pid %s: cannot refresh its process key: %s", self.worker, self.pid, e)
-            self._failing = True
-        else:
-            self._failing = False
-
-    def _loop(self) -> None:
-        while not self._stop.wait(BEAT_SECS):
-            self._refresh()
+        self.heartbeat = Heartbeat(
+            "toolbus-process-beat",
+            BEAT_SECS,
+            lambda: self.channel.process_alive(worker, self.pid, children() if children else ()),
+            f"worker {worker} pid {self.pid}: cannot refresh its process key",
+        )
 
     def stop(self) -> None:
-        self._stop.set()
+        self.heartbeat.stop()
         try:
             self.channel.process_gone(self.worker, self.pid)
         except Exception:

@@ -9,12 +9,15 @@ a ``ProcessLocal``: one pattern, checked by process id on every access.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("worker.process")
 
 
 class ProcessLocal(Generic[T]):
@@ -45,3 +48,44 @@ class ProcessLocal(Generic[T]):
             value = self.peek()
             self._pid, self._value = None, None
         return value
+
+
+class Heartbeat:
+    """Calls ``beat`` now, then every ``every`` seconds on a thread of its own, until ``stop()``.
+
+    The first beat happens before the constructor returns, so what it writes exists before the
+    process does anything else. A thread, not a Celery timer: a Redis that does not answer must not
+    hold the worker's event loop. A beat that raises is logged once (``what`` says what failed) and
+    tried again at the next; the key it keeps outlives a few missed beats.
+    """
+
+    def __init__(self, name: str, every: float, beat: Callable[[], object], what: str):
+        self.pid = os.getpid()
+        self._every = every
+        self._beat = beat
+        self._what = what
+        self._stop = threading.Event()
+        self._failing = False
+        self._once()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _once(self) -> None:
+        try:
+            self._beat()
+        except Exception as e:
+            if not self._failing:
+                log.warning("%s: %s", self._what, e)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self._once()
+
+    def stop(self, wait: float | None = None) -> None:
+        """No more beats; waits up to ``wait`` seconds for one under way (None: does not wait)."""
+        self._stop.set()
+        if wait is not None:
+            self._thread.join(wait)

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
 import redis
 from celery import signals
 
 from worker.events import PREFIX, connect_redis
+from worker.process import Heartbeat
 
 log = logging.getLogger("worker.served")
 
@@ -117,34 +117,19 @@ class _Refresher:
     def __init__(self, worker: str, queues: list[str]):
         self.worker = worker
         self.queues = queues
-        self.pid = os.getpid()
         self.served = ServedQueues(
             connect_redis(socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
         )
-        self._stop = threading.Event()
-        self._failing = False
-        self._refresh()
-        # A thread, not the consumer's timer: a Redis that does not answer must not hold the event loop.
-        self._thread = threading.Thread(target=self._loop, name="toolbus-served", daemon=True)
-        self._thread.start()
-
-    def _refresh(self) -> None:
-        try:
-            self.served.serving(self.worker, self.queues)
-        except redis.RedisError as e:
-            if not self._failing:
-                log.warning("worker %s: cannot record the queues it serves: %s", self.worker, e)
-            self._failing = True
-        else:
-            self._failing = False
-
-    def _loop(self) -> None:
-        while not self._stop.wait(REFRESH_SECS):
-            self._refresh()
+        self.heartbeat = Heartbeat(
+            "toolbus-served",
+            REFRESH_SECS,
+            lambda: self.served.serving(worker, queues),
+            f"worker {worker}: cannot record the queues it serves",
+        )
+        self.pid = self.heartbeat.pid
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(REDIS_TIMEOUT * 2)
+        self.heartbeat.stop(wait=REDIS_TIMEOUT * 2)
         try:
             self.served.stopped(self.worker, self.queues)
         except redis.RedisError:
