@@ -433,7 +433,11 @@ def test_every_page_for_every_visitor_carries_the_security_headers(portal):
             for name, value in SECURITY_HEADERS.items():
                 assert response.headers.get(name) == value, (who, rule.rule, response.status_code, name)
             if response.mimetype == "text/html":
-                assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+                policy = response.headers["Content-Security-Policy"]
+                assert "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+                # every style comes from the stylesheet, so the policy needs no 'unsafe-inline'
+                inline = re.search(r"<style|\sstyle=", response.get_data(as_text=True))
+                assert inline is None, (who, rule.rule, inline)
     for path in ("/no/such/page", "/ops/toolcalls/999999/"):
         response = visitors["operator"].get(path)
         seen.add(response.status_code)
