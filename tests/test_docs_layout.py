@@ -58,3 +58,20 @@ def test_every_picture_is_shown_in_the_docs(picture: Path):
         if f"images/{picture.name})" in document.read_text(encoding="utf-8")
     ]
     assert shown_in, f"docs/images/{picture.name} is not shown in README.md or docs/*.md"
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        p
+        for package in ("toolbus", "worker", "webapp")
+        for p in (REPO / package).glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    ),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_the_readme_layout_names_every_module(module):
+    # The layout section is the map a newcomer reads first: a module it leaves out is one nobody finds.
+    assert re.search(
+        rf"(?<![\w/]){re.escape(module.name)}", (REPO / "README.md").read_text(encoding="utf-8")
+    ), f"README.md's layout does not name {module.parent.name}/{module.name}"
