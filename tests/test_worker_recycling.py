@@ -122,9 +122,9 @@ def test_eval_many_ships_at_most_n_calls_per_task(bus, monkeypatch, tool, n):
     sizes = []
     send = bus._send
 
-    def recording_send(task, tool_name, args, timeout):
+    def recording_send(task, tool_name, args):
         sizes.append(len(args["calls"]))
-        return send(task, tool_name, args, timeout)
+        return send(task, tool_name, args)
 
     monkeypatch.setattr(bus, "_send", recording_send)
     results = bus.eval_many(tool, ["stamp"] * (2 * n + 1), timeout=TIMEOUT)

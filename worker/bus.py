@@ -58,7 +58,7 @@ class Bus:
                 f"unknown tool {name!r}; the tools are {', '.join(sorted(self.tools))}"
             ) from None
 
-    def _send(self, task: str, tool: str, args: dict, timeout: float | None):
+    def _send(self, task: str, tool: str, args: dict):
         descriptor = self._tool(tool)
         if not self.served(descriptor.queue):
             workers = (
@@ -86,9 +86,7 @@ class Bus:
         """Evaluate ``call`` on ``tool`` and return its value (blocking, at most ``timeout`` s)."""
         call = as_term(call)
         self._tool(tool).signatures.check_eval(call)
-        result = self._send(
-            "toolbus.eval", tool, {"call": str(call), "deadline": time.time() + timeout}, timeout
-        )
+        result = self._send("toolbus.eval", tool, {"call": str(call), "deadline": time.time() + timeout})
         return parse(self._wait(result, tool, call, timeout))
 
     def do(self, tool: str, call: ATerm | str, timeout: float | None = None) -> str:
@@ -97,7 +95,7 @@ class Bus:
         call = as_term(call)
         self._tool(tool).signatures.check_do(call)
         deadline = None if timeout is None else time.time() + timeout
-        result = self._send("toolbus.do", tool, {"call": str(call), "deadline": deadline}, timeout)
+        result = self._send("toolbus.do", tool, {"call": str(call), "deadline": deadline})
         return result.id
 
     def eval_many(self, tool: str, calls: list[ATerm | str], timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
@@ -122,7 +120,7 @@ class Bus:
         for start in range(0, len(texts), size):
             chunk = texts[start : start + size]
             result = self._send(
-                "toolbus.eval_many", tool, {"calls": [c for _, c in chunk], "deadline": deadline}, timeout
+                "toolbus.eval_many", tool, {"calls": [c for _, c in chunk], "deadline": deadline}
             )
             pending.append((chunk, result))
         for chunk, result in pending:
@@ -230,7 +228,7 @@ class _Runner:
     #: Seconds the worker of a call gets to say whether the process running it is still its own.
     ASK_SECS = 1.0
 
-    def __init__(self, events: EventChannel, result, app: Celery | None = None):
+    def __init__(self, events: EventChannel, result, app: Celery):
         self.events = events
         self.result = result
         self.app = app

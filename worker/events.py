@@ -41,7 +41,7 @@ import redis
 
 import celeryconfig
 from toolbus.aterm import ATerm, Environment, parse
-from toolbus.errors import TransactionError
+from toolbus.errors import TransactionError, brief
 
 PREFIX = "toolbus"
 #: Seconds a process key lives without being refreshed (and an instance key written outside a worker
@@ -262,7 +262,7 @@ class EventChannel:
             args=[event.holder, json.dumps({"id": event.id, "result": str(result)}), event.entry, ACKED_SECS],
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        what = f"tool {event.tool}: {event.term} (event {event.id})"
+        what = f"tool {event.tool}: {brief(event.term)} (event {event.id})"
         if outcome == "leased":
             raise TransactionError(
                 f"{what}: this caller's lease ran out and another caller has leased the event again; "
